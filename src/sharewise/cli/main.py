@@ -1,0 +1,165 @@
+"""``sharewise`` command line: a thin layer that parses flags into config keys and calls the library.
+
+Errors caused by the input print one line naming the file, key or column and exit with code 2
+(no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import SharewiseError
+
+COMMANDS = {
+    "train": "run every training phase and record the validation selection",
+    "test": "evaluate the selected model on the test split once; write results.json",
+    "run": "train, test and write the report",
+    "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
+    "methods": "list the available methods",
+    "datasets": "list the built-in datasets and the supported file formats",
+}
+
+
+def _alias(*names: str) -> list[str]:
+    """``--cat-target`` and its underscore spelling ``--cat_target``."""
+    out = []
+    for n in names:
+        out.append(n)
+        if "-" in n[2:]:
+            out.append("--" + n[2:].replace("-", "_"))
+    return out
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML configuration file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data", help="data file (sets data.path); format from the extension")
+    p.add_argument("--test-data", "--test_data", dest="test_data", help="separate test file (sets data.test_path)")
+    p.add_argument(*_alias("--cat-target"), dest="cat_target", nargs="+", metavar="COL", help="categorical target column(s)")
+    p.add_argument(*_alias("--num-target"), dest="num_target", nargs="+", metavar="COL", help="numerical target column(s)")
+    p.add_argument(*_alias("--id-col"), dest="id_col", help="id column (kept out of the features)")
+    p.add_argument(*_alias("--split-col"), dest="split_col", help="column with train/val/test per row")
+    p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
+    p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
+    p.add_argument("--seed", type=int, help="run seed (train.seed)")
+    p.add_argument(*_alias("--exp-name"), dest="exp_name", help="run name: the run directory is runs/<exp-name>")
+    p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
+    p.add_argument("--gpus", nargs="*", type=int, metavar="ID", help="GPU ids (default: CPU)")
+    p.add_argument("--epochs", type=int, help="shortcut for train.epochs")
+    p.add_argument("--overwrite", action="store_true", help="replace this command's earlier outputs in the run directory")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharewise", description="Deep multi-task learning that learns what to share.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in ("train", "test", "run"):
+        add_run_flags(sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name]))
+    demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
+    demo.add_argument("--out", "-o", default="runs/demo", help="directory for the demo runs (default runs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
+    demo.add_argument("--debug", action="store_true")
+    for name in ("methods", "datasets"):
+        p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+        p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Config file, then the flags, then ``--set`` overrides; validated once."""
+    from ..config import apply_override, parse_override, read_yaml, validate_config
+    from ..errors import ConfigError
+
+    raw: dict[str, Any] = read_yaml(args.config) if args.config else {}
+
+    def put(path: str, value: Any) -> None:
+        if value is not None:
+            apply_override(raw, path.split("."), value)
+
+    put("data.path", args.data)
+    put("data.test_path", args.test_data)
+    put("data.id_col", args.id_col)
+    put("data.split_col", args.split_col)
+    put("method.name", args.method)
+    put("backbone.name", args.backbone)
+    put("train.seed", args.seed)
+    put("train.epochs", args.epochs)
+    put("output.exp_name", args.exp_name)
+    put("output.dir", args.out)
+    if args.gpus is not None:
+        put("train.gpus", list(args.gpus))
+    if args.no_progress:
+        put("train.progress", False)
+    if args.cat_target or args.num_target:
+        existing = {t.get("name"): t for t in raw.get("tasks") or [] if isinstance(t, dict)}
+        specs, seen = [], {}
+        for kind, names in (("categorical", args.cat_target or []), ("numerical", args.num_target or [])):
+            for n in names:
+                if n in seen:
+                    if seen[n] != kind:
+                        raise ConfigError(f"target {n!r} is given both as categorical and as numerical")
+                    raise ConfigError(f"target {n!r} is given twice")
+                seen[n] = kind
+                spec = {k: v for k, v in existing.get(n, {}).items() if k in ("column", "loss", "weight")}
+                if spec.get("loss") and (spec["loss"] in ("mse", "l1")) != (kind == "numerical"):
+                    spec.pop("loss")
+                specs.append({"name": n, "kind": kind, **spec})
+        raw["tasks"] = specs
+    for ov in args.overrides:
+        parts, value = parse_override(ov)
+        apply_override(raw, parts, value)
+    return validate_config(raw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from .. import __version__
+
+        print(f"sharewise {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    if not debug:
+        warnings.simplefilter("default")
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"sharewise: warning: {msg}\n"
+    try:
+        from . import commands
+
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except SharewiseError as err:
+        if debug:
+            raise
+        print(f"sharewise: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("sharewise: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure: one line, the traceback with --debug
+        if debug:
+            raise
+        from ..engine.trainer import Interrupted
+
+        if isinstance(err, Interrupted):
+            print(f"sharewise: {err}; continue with the same command and --resume", file=sys.stderr)
+            return err.exit_code
+        print(f"sharewise: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

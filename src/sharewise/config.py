@@ -1,0 +1,271 @@
+"""The typed configuration tree, validated once at the edge.
+
+Sections: ``data``, ``tasks``, ``split``, ``backbone``, ``method``, ``optim``, ``train``,
+``output``. ``backbone``, ``method`` and ``data`` carry plug-in keys that the chosen backbone,
+method or source validates with its own options model. Unknown keys and wrong types are
+:class:`~sharewise.errors.ConfigError` s naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, close_matches
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _Open(BaseModel):
+    """A section with plug-in keys (kept in ``model_extra`` and validated by the plug-in)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TaskSpec(_Strict):
+    """One target: ``name`` is the output name, ``column`` the source column (default: name)."""
+
+    name: str
+    kind: Literal["categorical", "numerical", "multilabel"]
+    column: str | None = None
+    loss: Literal["ce", "mse", "l1", "bce"] | None = None
+    weight: float = 1.0
+
+
+class DataConfig(_Open):
+    """Where the examples come from. Table keys apply to every table-backed source."""
+
+    source: str | None = None  # table | digits | ... (default: table when a path is given, else digits)
+    path: str | None = None
+    test_path: str | None = None
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    header: bool = True
+    columns: list[str] | None = None
+    sep: str | None = None
+    skip_rows: int = 0
+    na_values: list[str] = Field(default_factory=list)
+    value_map: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    features: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    id_col: str | None = None
+    split_col: str | None = None
+    group_col: str | None = None
+    max_categories: int = Field(64, ge=1)
+
+
+class SplitConfig(_Strict):
+    ratios: list[float] = Field(default_factory=lambda: [0.7, 0.15, 0.15])
+    seed: int | None = None  # default: train.seed
+    stratify: bool = True
+    train2_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class BackboneConfig(_Open):
+    name: str = "mlp"
+
+
+class MethodConfig(_Open):
+    name: str = "hard"
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr: float | None = Field(None, gt=0)  # default: lr
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0)
+    schedule: Literal["none", "step", "cosine"] = "none"
+    step_size: int = Field(1000, gt=0)  # iterations, for schedule: step
+    gamma: float = Field(0.5, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    epochs: int = Field(20, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    patience: int | None = Field(None, ge=1)  # early stopping, in evaluations
+    eval_every: int | None = Field(None, ge=1)  # steps; default: once per epoch
+    checkpoint_every_s: float = Field(120.0, gt=0)
+    gpus: list[int] = Field(default_factory=list)
+    procs: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    deterministic: bool = True
+
+
+class OutputConfig(_Strict):
+    root: str = "runs"
+    exp_name: str | None = None
+    dir: str | None = None  # --out
+    tensorboard: bool = True
+
+
+class Config(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, v: list[TaskSpec]) -> list[TaskSpec]:
+        seen: dict[str, str] = {}
+        for t in v:
+            if t.name in seen:
+                if seen[t.name] != t.kind:
+                    raise ValueError(f"target {t.name!r} is given both as {seen[t.name]} and as {t.kind}")
+                raise ValueError(f"target {t.name!r} is given twice")
+            seen[t.name] = t.kind
+        return v
+
+    def run_dir(self) -> Path:
+        if self.output.dir:
+            return Path(self.output.dir)
+        name = self.output.exp_name or f"{self.method.name}"
+        return Path(self.output.root) / name
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------- loading and overrides
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    return f"config key {key!r}: {first['msg']}"
+
+
+def _suggest_key(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    if first["type"] != "extra_forbidden":
+        return ""
+    loc = [str(p) for p in first["loc"]]
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+    names = getattr(model, "model_fields", {}).keys()
+    return close_matches(loc[-1], names)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the configuration must be a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(Config.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}{close_matches(unknown[0], Config.model_fields)}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err) + _suggest_key(err)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(f"config path is a directory, not a YAML file: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the configuration must be a mapping of sections, got a {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    raw = merge(base or {}, read_yaml(path) if path else {})
+    for ov in overrides or []:
+        parts, value = parse_override(ov)
+        apply_override(raw, parts, value)
+    return validate_config(raw)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from .engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
+
+
+def validate_options(model: type[BaseModel], options: dict[str, Any], section: str) -> BaseModel:
+    """Validate a plug-in's keys (``section.<key>``) with its own strict options model."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        msg = _format_validation_error(err, prefix=f"{section}.")
+        if first["type"] == "extra_forbidden":
+            msg += close_matches(str(first["loc"][-1]), model.model_fields)
+        raise ConfigError(msg) from None

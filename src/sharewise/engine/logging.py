@@ -1,0 +1,54 @@
+"""``metrics.jsonl`` (every logged scalar) and TensorBoard events, written by rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from .distributed import is_main
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._fh = None
+        self._tb = None
+        self._tb_wanted = tensorboard
+        if self.run_dir is not None and is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._fh = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def _writer(self):
+        if self._tb is None and self._tb_wanted and self.run_dir is not None and is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard missing: jsonl only
+                self._tb_wanted = False
+                return None
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb
+
+    def log(self, phase: str, step: int, values: dict[str, Any], **context: Any) -> None:
+        if self._fh is None:
+            return
+        clean = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in values.items()}
+        record = {"time": round(time.time(), 3), "phase": phase, "step": int(step), **context, **clean}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        tb = self._writer()
+        if tb is not None:
+            prefix = "/".join([phase, *(str(v) for v in context.values())])
+            for k, v in clean.items():
+                if v is not None:
+                    tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,333 @@
+"""The training loop: runs a method's phases as data, with checkpoints that resume exactly.
+
+Every step's randomness comes from state the checkpoint holds: the data order is a function of
+(seed, cycle, stretch, pass) and the position inside it, method noise is seeded by step, and the
+global generators (dropout) are saved. A run killed after its first checkpoint and resumed ends
+with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
+from ..metrics import delta_mtl, delta_task, higher_is_better
+from ..seeding import global_rng_state, set_global_rng_state
+from ..tasks import Task, validation_objective
+from . import distributed as D
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate, forward_batch, to_device
+from .logging import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved; ``resume_hint`` says how to continue."""
+
+    exit_code = 130
+
+
+def selection_score(val: dict[str, dict[str, float]], tasks: Sequence[Task],
+                    reference: dict[str, dict[str, float]] | None = None) -> float:
+    """Δ_MTL on validation when references are given, else ``−Σ_t λ_t L_t^val`` (protocol point 2)."""
+    if reference:
+        deltas = {t.name: delta_task(val[t.name], reference_metrics(reference[t.name], "val"), t.kind,
+                                     [t.primary_metric]) for t in tasks if t.name in reference}
+        d = delta_mtl(deltas)
+        if d is not None:
+            return d
+    return validation_objective({t.name: val[t.name]["loss"] for t in tasks}, tasks)
+
+
+def reference_metrics(entry: dict[str, Any], split: str) -> dict[str, float]:
+    """A reference task entry is ``{"val": {...}, "test": {...}}`` (a run's results) or flat metrics."""
+    if split in entry and isinstance(entry[split], dict):
+        return entry[split]
+    return entry
+
+
+class Trainer:
+    """Runs phases on one model and one dataset; owns optimisers, checkpoints and logging."""
+
+    def __init__(self, model: MultiTaskModel, data: Any, *, run_dir: Path, seed: int, batch_size: int,
+                 eval_batch_size: int, device: torch.device, logger: MetricsLogger,
+                 checkpoint_every_s: float = 120.0, progress: bool = True,
+                 reference: dict[str, dict[str, float]] | None = None, log_every: int = 20) -> None:
+        self.model = model
+        self.data = data
+        self.tasks = list(data.tasks)
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.device = device
+        self.logger = logger
+        self.checkpoint_every_s = checkpoint_every_s
+        self.progress = progress and D.is_main()
+        self.reference = reference
+        self.log_every = log_every
+        self._stop = False
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def ckpt_path(self, phase: str, name: str) -> Path:
+        return self.run_dir / "checkpoints" / phase / f"{name}.pt"
+
+    def _save(self, path: Path, phase: Phase, state: PhaseState, optimizers, schedulers, *, model_state=None) -> None:
+        if not D.is_main():
+            return
+        save_checkpoint(path, {
+            "model": model_state if model_state is not None else self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None},
+            "state": dataclasses.asdict(state),
+            "phase": phase.name,
+            "rng": global_rng_state(),
+        })
+
+    # ------------------------------------------------------------------ one phase
+
+    def run_phase(self, phase: Phase, *, resume: bool = False) -> dict[str, Any]:
+        last_path, best_path = self.ckpt_path(phase.name, "last"), self.ckpt_path(phase.name, "best")
+        state = PhaseState()
+        optimizers = {k: build_optimizer(spec, self.model.param_groups()) for k, spec in phase.optimizers.items()}
+        steps_per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
+        total = min(phase.cycles * steps_per_cycle, phase.max_steps or math.inf)
+        schedulers = {k: build_scheduler(spec, optimizers[k], int(total)) for k, spec in phase.optimizers.items()}
+        best_model_state: dict[str, torch.Tensor] | None = None
+
+        if resume and last_path.exists():
+            ck = load_checkpoint(last_path)
+            self.model.load_state_dict(ck["model"])
+            for k, o in optimizers.items():
+                o.load_state_dict(ck["optimizers"][k])
+            for k, s in schedulers.items():
+                if s is not None:
+                    s.load_state_dict(ck["schedulers"][k])
+            state = PhaseState(**ck["state"])
+            set_global_rng_state(ck["rng"])
+            if best_path.exists():
+                best_model_state = load_checkpoint(best_path)["model"]
+            print(f"sharewise: resumed phase {phase.name!r} from {last_path} "
+                  f"(cycle {state.cycle}, step {state.step})", file=sys.stderr)
+            if state.done:
+                self._finish(phase, best_model_state)
+                return self._summary(phase, state)
+        else:
+            if phase.init_from:
+                self.model.load_state_dict(load_checkpoint(self.run_dir / "checkpoints" / f"{phase.init_from}.pt")["model"])
+            if phase.save_init and D.is_main():
+                save_checkpoint(self.run_dir / "checkpoints" / "init.pt", {"model": self.model.state_dict()})
+
+        old_handler = signal.getsignal(signal.SIGINT)
+        if D.is_main():
+            signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            best_model_state = self._loop(phase, state, optimizers, schedulers, best_model_state, last_path, best_path)
+        finally:
+            signal.signal(signal.SIGINT, old_handler)
+        state.done = True
+        self._finish(phase, best_model_state)
+        self._save(last_path, phase, state, optimizers, schedulers)
+        return self._summary(phase, state)
+
+    def _request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def _stretch_len(self, stretch: Stretch) -> int:
+        return stretch.iters or max(1, self.data.num_batches(stretch.split, self.batch_size, world_size=D.world_size()))
+
+    def _loop(self, phase, state, optimizers, schedulers, best_model_state, last_path, best_path):
+        self.model.train()
+        last_save = time.monotonic()
+        bar = self._bar(phase, state)
+        running: dict[str, list[float]] = {}
+        while state.cycle < phase.cycles and not self._stopped(phase, state):
+            while state.stretch < len(phase.stretches):
+                stretch = phase.stretches[state.stretch]
+                n_batches = max(1, self.data.num_batches(stretch.split, self.batch_size, world_size=D.world_size()))
+                length = self._stretch_len(stretch)
+                while state.stretch_step < length and not self._stopped(phase, state):
+                    rep, pos = divmod(state.stretch_step, n_batches)
+                    epoch_key = (state.cycle * 64 + state.stretch) * 4096 + rep
+                    batches = self.data.batches(stretch.split, self.batch_size, shuffle=True, seed=self.seed,
+                                                epoch=epoch_key, start=pos, rank=D.rank(),
+                                                world_size=D.world_size(), augment=True)
+                    for batch in batches:
+                        if self._stop:
+                            self._save(last_path, phase, state, optimizers, schedulers)
+                            raise Interrupted(f"interrupted; checkpoint saved to {last_path}")
+                        losses = self._step(phase, stretch, state, optimizers, schedulers, batch)
+                        for k, v in losses.items():
+                            running.setdefault(k, []).append(v)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix({k: f"{sum(v) / len(v):.3f}" for k, v in list(running.items())[:6]})
+                        if state.step % self.log_every == 0:
+                            self._log_running(phase, state, running, optimizers)
+                            running = {}
+                        if phase.eval_every and state.step % phase.eval_every == 0:
+                            best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
+                        if time.monotonic() - last_save > self.checkpoint_every_s:
+                            self._save(last_path, phase, state, optimizers, schedulers)
+                            last_save = time.monotonic()
+                        if state.stretch_step >= length or self._stopped(phase, state):
+                            break
+                if self._stopped(phase, state) and state.stretch_step < length:
+                    break
+                state.stretch += 1
+                state.stretch_step = 0
+            if state.stretch < len(phase.stretches):
+                break  # stopped by max_steps inside a cycle
+            state.stretch = 0
+            state.cycle += 1
+            if phase.on_cycle_end is not None:
+                phase.on_cycle_end(state)
+            if running:
+                self._log_running(phase, state, running, optimizers)
+                running = {}
+            if not phase.eval_every:
+                best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
+            self._save(last_path, phase, state, optimizers, schedulers)
+            last_save = time.monotonic()
+        if phase.eval_every and state.step % phase.eval_every != 0 and phase.eval_split:
+            best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
+        if bar is not None:
+            bar.close()
+        return best_model_state
+
+    def _stopped(self, phase: Phase, state: PhaseState) -> bool:
+        return state.done or (phase.max_steps is not None and state.step >= phase.max_steps) or (
+            phase.patience is not None and state.bad_evals >= phase.patience)
+
+    def _bar(self, phase: Phase, state: PhaseState):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
+        total = min(per_cycle * phase.cycles, phase.max_steps or math.inf)
+        return tqdm(total=int(total), initial=state.step, desc=phase.name, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, mininterval=0.5)
+
+    def _step(self, phase: Phase, stretch: Stretch, state: PhaseState, optimizers, schedulers, batch) -> dict[str, float]:
+        optimizer = optimizers[stretch.optimizer]
+        kwargs = stretch.forward_kwargs(state) if stretch.forward_kwargs else {}
+        batch = to_device(batch, self.device)
+        outputs = forward_batch(self.model, batch, [t.name for t in self.tasks], kwargs)
+        by_name = {t.name: t for t in self.tasks}
+        total = torch.zeros((), device=self.device)
+        logged = {}
+        for t, (out, y, m) in outputs.items():
+            task_loss = by_name[t].compute_loss(out.float(), y, m)
+            if not torch.isfinite(task_loss):
+                raise TrainingError(
+                    f"non-finite loss ({task_loss.item()}) in task {t!r}, phase {phase.name!r}, step {state.step + 1}; "
+                    f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
+            total = total + by_name[t].weight * task_loss
+            logged[f"loss/{t}"] = task_loss.item()
+        if stretch.objective == "task+aux":
+            aux = self.model.aux_losses(**(stretch.aux_kwargs(state) if stretch.aux_kwargs else {}))
+            for name, value in aux.items():
+                total = total + value
+                logged[f"aux/{name}"] = value.item()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        spec = phase.optimizers[stretch.optimizer]
+        if spec.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+        if not torch.isfinite(norm):
+            raise TrainingError(
+                f"non-finite gradient in phase {phase.name!r}, step {state.step + 1} (stretch on {stretch.split!r}); "
+                f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
+        optimizer.step()
+        if schedulers.get(stretch.optimizer) is not None:
+            schedulers[stretch.optimizer].step()
+        state.step += 1
+        state.stretch_step += 1
+        if phase.after_step is not None:
+            phase.after_step(state, stretch.split)
+        logged["loss/total"] = total.item()
+        return logged
+
+    def _log_running(self, phase, state, running, optimizers) -> None:
+        values = {k: sum(v) / len(v) for k, v in running.items()}
+        for name, opt in optimizers.items():
+            for g in opt.param_groups:
+                values[f"lr/{name}/{g.get('name', 'group')}"] = g["lr"]
+        for k, v in state.extra.items():
+            if isinstance(v, (int, float)):
+                values[f"state/{k}"] = v
+        self.logger.log(phase.name, state.step, values, split="train", cycle=state.cycle)
+
+    # ------------------------------------------------------------------ selection
+
+    def _select(self, phase, state, best_model_state, best_path, optimizers, schedulers):
+        if not phase.eval_split:
+            return best_model_state
+        kwargs = phase.eval_kwargs(state) if phase.eval_kwargs else {}
+        val = evaluate(self.model, self.data, phase.eval_split, self.tasks, batch_size=self.eval_batch_size,
+                       device=self.device, forward_kwargs=kwargs)
+        score = selection_score(val, self.tasks, self.reference)
+        flat = {f"{t}/{m}": v for t, ms in val.items() for m, v in ms.items() if m != "n"}
+        flat["selection_score"] = score
+        self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)
+        eligible = state.cycle >= phase.select_from_cycle
+        if phase.selection == "per_task":
+            improved = []
+            current = self.model.state_dict()
+            if best_model_state is None:
+                best_model_state = {k: v.detach().clone() for k, v in current.items()}
+            for t in self.tasks:
+                metric = val[t.name].get(t.primary_metric)
+                if metric is None or not math.isfinite(metric):
+                    continue
+                prev = state.task_best.get(t.name)
+                better = prev is None or (metric > prev if higher_is_better(t.kind, t.primary_metric) else metric < prev)
+                if better:
+                    state.task_best[t.name] = metric
+                    prefixes = tuple(self.model.task_prefixes(t.name) or ())
+                    for k, v in current.items():
+                        if k.startswith(prefixes):
+                            best_model_state[k] = v.detach().clone()
+                    improved.append(t.name)
+            state.bad_evals = 0 if improved else state.bad_evals + 1
+            if improved:
+                state.best_cycle = state.cycle
+                self._save(best_path, phase, state, optimizers, schedulers, model_state=best_model_state)
+        elif phase.selection == "score" and eligible:
+            if state.best_score is None or score > state.best_score:
+                state.best_score, state.best_cycle, state.bad_evals = score, state.cycle, 0
+                best_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self._save(best_path, phase, state, optimizers, schedulers, model_state=best_model_state)
+            else:
+                state.bad_evals += 1
+        elif phase.selection == "last":
+            best_model_state = None
+        return best_model_state
+
+    def _finish(self, phase: Phase, best_model_state) -> None:
+        """Leave the selected model in ``self.model`` (the best checkpoint, or the last state)."""
+        if phase.selection != "last" and best_model_state is not None:
+            self.model.load_state_dict(best_model_state)
+        elif D.is_main():  # "last", or nothing was ever evaluated: the final state is the selection
+            save_checkpoint(self.ckpt_path(phase.name, "best"), {"model": self.model.state_dict()})
+
+    def _summary(self, phase: Phase, state: PhaseState) -> dict[str, Any]:
+        return {"phase": phase.name, "cycles": state.cycle, "steps": state.step, "best_cycle": state.best_cycle,
+                "best_score": state.best_score, "task_best": dict(state.task_best), "selection": phase.selection,
+                "stopped_early": phase.patience is not None and state.bad_evals >= phase.patience}

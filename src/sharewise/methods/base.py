@@ -1,0 +1,216 @@
+"""The method and phase contract.
+
+A :class:`Method` builds a :class:`MultiTaskModel` from a backbone factory and the tasks, names
+its parameter groups, returns its auxiliary losses explicitly, and lists its :class:`Phase` s.
+A phase is data: the splits it reads, its stretches (a plain loop is one stretch; AdaShare's
+search alternates a weight stretch on ``train1`` and a policy stretch on ``train2``), the
+optimisers keyed by parameter group, its length, stopping and selection rule, and hooks. The
+engine runs phases and never needs a method's internals; no method edits the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..config import Config
+from ..errors import ConfigError, close_matches
+from ..tasks import Task
+
+
+class MultiTaskModel(nn.Module):
+    """A plain ``nn.Module``: ``forward(x, tasks=None, **kw) -> {task: output}``.
+
+    Subclasses say which parameters belong to which group (``param_groups``) and, for per-task
+    checkpoint selection and cost accounting, which state-dict prefixes a task owns alone.
+    """
+
+    tasks: list[Task]
+
+    def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups (e.g. ``backbone``, ``heads``, ``policy``); every parameter once."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def aux_losses(self, **state: Any) -> dict[str, torch.Tensor]:
+        """Auxiliary losses (regularisers) for the current step, by name; none by default."""
+        return {}
+
+    def task_prefixes(self, task: str) -> list[str] | None:
+        """State-dict prefixes owned by ``task`` alone, or None when tasks share parameters."""
+        return None
+
+    def task_modules(self, task: str) -> list[nn.Module]:
+        """Modules on ``task``'s inference path (for parameter counts)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+@dataclass
+class OptimSpec:
+    """One optimiser over some parameter groups; ``lrs`` maps group -> learning rate."""
+
+    kind: Literal["adam", "adamw", "sgd"]
+    lrs: dict[str, float]
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    schedule: Literal["none", "step", "cosine"] = "none"
+    step_size: int = 1000
+    gamma: float = 0.5
+    grad_clip: float | None = None
+
+
+@dataclass
+class PhaseState:
+    """Counters the engine keeps for a phase; saved in every checkpoint."""
+
+    cycle: int = 0  # completed cycles (epochs, or weight+policy alternations)
+    step: int = 0  # optimiser steps taken in the phase
+    stretch: int = 0  # index of the stretch in progress
+    batch: int = 0  # next batch inside the stretch
+    stretch_step: int = 0  # steps taken inside the stretch in progress
+    best_score: float | None = None
+    best_cycle: int | None = None
+    bad_evals: int = 0
+    task_best: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # method state (temperature, curriculum...)
+    done: bool = False
+
+
+@dataclass
+class Stretch:
+    """A run of steps on one split, optimising some groups with one optimiser.
+
+    ``iters`` None means one pass over the split. ``objective`` adds the model's auxiliary
+    losses (``"task+aux"``) or not (``"task"``). ``forward_kwargs(state)`` gives the extra
+    arguments of ``model.forward`` (policy, temperature...) for a step.
+    """
+
+    split: str
+    optimizer: str
+    iters: int | None = None
+    objective: Literal["task", "task+aux"] = "task"
+    forward_kwargs: Callable[[PhaseState], dict[str, Any]] | None = None
+    aux_kwargs: Callable[[PhaseState], dict[str, Any]] | None = None
+
+
+@dataclass
+class Phase:
+    """A phase of training, as data.
+
+    ``cycles``: how many times the stretches run (epochs for a one-stretch phase) unless
+    ``max_steps`` stops it first. ``selection``: ``score`` keeps the checkpoint with the best
+    validation selection score, ``per_task`` keeps each task's parts at that task's best
+    validation primary metric (``independent``), ``last`` keeps the last state.
+    """
+
+    name: str
+    stretches: list[Stretch]
+    optimizers: dict[str, OptimSpec]
+    cycles: int
+    max_steps: int | None = None
+    eval_split: str | None = "val"
+    eval_every: int | None = None  # steps; None: after every cycle
+    selection: Literal["score", "per_task", "last"] = "score"
+    select_from_cycle: int = 0
+    patience: int | None = None
+    eval_kwargs: Callable[[PhaseState], dict[str, Any]] | None = None
+    on_cycle_end: Callable[[PhaseState], None] | None = None
+    after_step: Callable[[PhaseState, str], None] | None = None
+    loop: Literal["joint", "round_robin"] = "joint"
+    init_from: str | None = None  # checkpoint name restored before the phase ("init", "warmup/best", ...)
+    save_init: bool = False  # save the model as checkpoint ``init`` before any update
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    """A sharing strategy. Subclasses set ``name``, ``description``, ``Options`` and implement
+    :meth:`build` and :meth:`phases`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel, cfg: Config) -> None:
+        self.options = options
+        self.cfg = cfg
+
+    def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> MultiTaskModel:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # Helpers every method may use -----------------------------------------------------------
+
+    def default_optim(self, groups: Sequence[str], backbone_groups: Sequence[str] = ("backbone",)) -> OptimSpec:
+        """The ``optim`` section as an :class:`OptimSpec`: ``backbone_lr`` for backbone groups."""
+        o = self.cfg.optim
+        lrs = {g: (o.backbone_lr or o.lr) if g in backbone_groups else o.lr for g in groups}
+        return OptimSpec(o.optimizer, lrs, o.weight_decay, tuple(o.betas), o.momentum, o.schedule, o.step_size,
+                         o.gamma, o.grad_clip)
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def methods() -> dict[str, type[Method]]:
+    from . import hard, independent  # noqa: F401  (registration)
+
+    return dict(sorted(_METHODS.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    table = methods()
+    if name not in table:
+        raise ConfigError(f"method.name: unknown method {name!r}{close_matches(name, table)}; see `sharewise methods`")
+    return table[name]
+
+
+def task_key(name: str) -> str:
+    """A task name as a module name (``race.ethnicity`` -> ``race__dot__ethnicity``)."""
+    return name.replace(".", "__dot__")
+
+
+class TaskDict(nn.ModuleDict):
+    """A ``ModuleDict`` keyed by task name; names with dots are allowed (encoded with :func:`task_key`)."""
+
+    def __init__(self, modules: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        for k, v in (modules or {}).items():
+            self[k] = v
+
+    def __getitem__(self, key: str) -> nn.Module:
+        return super().__getitem__(task_key(key))
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        super().__setitem__(task_key(key), module)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(task_key(key))
+
+
+class TaskHeads(TaskDict):
+    """One linear head per task on the backbone's features (logits, no softmax)."""
+
+    def __init__(self, in_features: int, tasks: Sequence[Task]) -> None:
+        super().__init__({t.name: nn.Linear(in_features, t.out_features) for t in tasks})

@@ -1,0 +1,212 @@
+"""Per-task metrics with their direction, and the relative improvement Δ_MTL.
+
+Every metric is computed over a whole split from gathered predictions (never a mean of
+per-batch values), on the rows where the task's target is present; numerical metrics are in
+the target's original units (evaluation protocol, points 4 and 5).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric ``fn(y_true, y_score) -> float`` and whether higher is better."""
+
+    name: str
+    higher_is_better: bool
+    fn: Callable[[np.ndarray, np.ndarray], float]
+
+
+# ---------------------------------------------------------------- categorical
+# y_true: (n,) int class indices; y_score: (n, C) probabilities.
+
+def accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
+    return float(np.mean(proba.argmax(1) == y_true)) if len(y_true) else math.nan
+
+
+def balanced_accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean over the classes present in ``y_true`` of the per-class recall."""
+    if not len(y_true):
+        return math.nan
+    pred = proba.argmax(1)
+    recalls = [np.mean(pred[y_true == c] == c) for c in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def macro_f1(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+    if not len(y_true):
+        return math.nan
+    pred = proba.argmax(1)
+    scores = []
+    for c in np.union1d(np.unique(y_true), np.unique(pred)):
+        tp = np.sum((pred == c) & (y_true == c))
+        fp = np.sum((pred == c) & (y_true != c))
+        fn = np.sum((pred != c) & (y_true == c))
+        denom = 2 * tp + fp + fn
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """One-vs-rest macro AUROC over the classes present (NaN when fewer than two)."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return math.nan
+    aucs = [_binary_auc(y_true == c, proba[:, c]) for c in present]
+    return float(np.mean(aucs))
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC with average ranks for ties."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ---------------------------------------------------------------- numerical
+# y_true, y_pred: (n,) float in original units.
+
+def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.abs(y_pred - y_true))) if len(y_true) else math.nan
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((y_pred - y_true) ** 2))) if len(y_true) else math.nan
+
+
+def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """``1 − SS_res / SS_tot`` with SS_tot from the same split's targets."""
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2)) if len(y_true) else 0.0
+    if ss_tot == 0.0:
+        return math.nan
+    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / ss_tot
+
+
+def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if len(y_true) < 2 or np.std(y_true) == 0 or np.std(y_pred) == 0:
+        return math.nan
+    return float(np.corrcoef(y_true, y_pred)[0, 1])
+
+
+# ---------------------------------------------------------------- multilabel
+# y_true: (n, C) {0,1}; y_score: (n, C) probabilities.
+
+def gap_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 20) -> float:
+    """Global average precision over the top-k predictions of every example (YouTube-8M GAP)."""
+    if not len(y_true):
+        return math.nan
+    k = min(k, score.shape[1])
+    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    conf = np.take_along_axis(score, top, 1).ravel()
+    hit = np.take_along_axis(y_true, top, 1).ravel().astype(float)
+    n_pos = float(y_true.sum())
+    if n_pos == 0:
+        return math.nan
+    order = np.argsort(-conf, kind="stable")
+    hit = hit[order]
+    precision = np.cumsum(hit) / np.arange(1, len(hit) + 1)
+    return float(np.sum(precision * hit) / n_pos)
+
+
+def map_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 10) -> float:
+    """Per-example average precision of the top-k ranking, averaged over examples with a label."""
+    k = min(k, score.shape[1])
+    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    hit = np.take_along_axis(y_true, top, 1).astype(float)
+    n_rel = np.minimum(y_true.sum(1), k)
+    keep = n_rel > 0
+    if not keep.any():
+        return math.nan
+    precision = np.cumsum(hit, 1) / np.arange(1, k + 1)
+    ap = (precision * hit).sum(1)[keep] / n_rel[keep]
+    return float(ap.mean())
+
+
+def hit_at_1(y_true: np.ndarray, score: np.ndarray) -> float:
+    if not len(y_true):
+        return math.nan
+    top = score.argmax(1)
+    return float(np.mean(y_true[np.arange(len(top)), top] > 0))
+
+
+CATEGORICAL_METRICS = (
+    Metric("accuracy", True, accuracy),
+    Metric("balanced_accuracy", True, balanced_accuracy),
+    Metric("macro_f1", True, macro_f1),
+    Metric("auroc", True, auroc),
+)
+NUMERICAL_METRICS = (
+    Metric("mae", False, mae),
+    Metric("rmse", False, rmse),
+    Metric("r2", True, r2),
+    Metric("pearson_r", True, pearson_r),
+)
+MULTILABEL_METRICS = (
+    Metric("gap_at_20", True, gap_at_k),
+    Metric("map_at_10", True, map_at_k),
+    Metric("hit_at_1", True, hit_at_1),
+)
+METRICS_BY_KIND: dict[str, tuple[Metric, ...]] = {
+    "categorical": CATEGORICAL_METRICS,
+    "numerical": NUMERICAL_METRICS,
+    "multilabel": MULTILABEL_METRICS,
+}
+PRIMARY_METRIC = {"categorical": "accuracy", "numerical": "mae", "multilabel": "gap_at_20"}
+
+
+def higher_is_better(kind: str, metric: str) -> bool:
+    for m in METRICS_BY_KIND[kind]:
+        if m.name == metric:
+            return m.higher_is_better
+    raise KeyError(f"unknown metric {metric!r} for a {kind} task")
+
+
+# ---------------------------------------------------------------- Δ_MTL
+
+def delta_task(
+    method: Mapping[str, float], reference: Mapping[str, float], kind: str, metrics: Sequence[str]
+) -> float | None:
+    """Δ_t = (1/|M_t|) Σ_m (−1)^{l_m} (M_m − B_m) / |B_m|  (protocol point 5).
+
+    Metrics whose reference is |B| < 1e-12 or missing are skipped with a warning; returns None
+    when none is left.
+    """
+    terms = []
+    for name in metrics:
+        if name not in method or name not in reference:
+            warnings.warn(f"Δ_t: metric {name!r} missing from the method or the reference; skipped")
+            continue
+        base = float(reference[name])
+        if not math.isfinite(base) or abs(base) < 1e-12:
+            warnings.warn(f"Δ_t: reference {name} = {base} is too close to 0; skipped")
+            continue
+        sign = 1.0 if higher_is_better(kind, name) else -1.0
+        terms.append(sign * (float(method[name]) - base) / abs(base))
+    return float(np.mean(terms)) if terms else None
+
+
+def delta_mtl(deltas: Mapping[str, float | None]) -> float | None:
+    """Δ_MTL = 100 % · mean over tasks of Δ_t (tasks without a Δ_t are left out)."""
+    vals = [d for d in deltas.values() if d is not None]
+    return 100.0 * float(np.mean(vals)) if vals else None
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (n − 1; NaN for n = 1) and n."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(arr)
+    if n == 0:
+        return math.nan, math.nan, 0
+    sd = float(arr.std(ddof=1)) if n > 1 else math.nan
+    return float(arr.mean()), sd, n
