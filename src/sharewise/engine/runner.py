@@ -8,6 +8,7 @@ is validated before the run directory is touched, so a bad file never overwrites
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -25,6 +26,7 @@ from ..cost import flop_counts, parameter_counts
 from ..data import LoadedData, build_data
 from ..errors import RunDirError
 from ..methods import Method, MultiTaskModel, get_method
+from ..methods.base import Candidate
 from ..seeding import seed_global, stream_seed
 from ..tasks import Task
 from . import distributed as D
@@ -47,6 +49,7 @@ class RunContext:
     device: torch.device
     reference: dict[str, dict[str, float]] | None = None
     reference_source: str | None = None
+    backbone_factory: Any = None
 
     @property
     def data(self):
@@ -73,7 +76,7 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     model = method.build(factory, loaded.data.tasks).to(device)
     seed_global(cfg.train.seed)
-    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source)
+    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
 
 
 def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
@@ -105,8 +108,16 @@ def write_split_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger) -> Trainer:
+    cfg = ctx.cfg
+    return Trainer(model, ctx.data, run_dir=ctx.run_dir / directory, seed=cfg.train.seed,
+                   batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
+                   logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
+                   reference=ctx.reference)
+
+
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run every phase of the method and record the selection (validation only)."""
+    """Train the method's candidates and select one on validation (never test)."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
     claim_run_dir(run_dir, TRAIN_OUTPUTS + TEST_OUTPUTS, overwrite=overwrite, resume=resume)
     if resume and not (run_dir / "checkpoints").exists():
@@ -118,50 +129,91 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> 
             "source": ctx.data.meta.get("source"), "shape": ctx.data.shape,
             "input_spec": ctx.data.input_spec.to_dict(), **ctx.loaded.state})
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
-    trainer = Trainer(ctx.model, ctx.data, run_dir=run_dir, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-                      eval_batch_size=cfg.train.eval_batch_size, device=ctx.device, logger=logger,
-                      checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
-                      reference=ctx.reference)
+
+    def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume) -> list[dict]:
+        trainer = make_trainer(ctx, model, directory, logger)
+        return [trainer.run_phase(phase, resume=resume) for phase in phases]
+
     try:
-        steps = ctx.data.num_batches("train", cfg.train.batch_size, world_size=D.world_size())
-        summaries = [trainer.run_phase(phase, resume=resume) for phase in ctx.method.phases(ctx.model, steps)]
+        candidates, summaries = ctx.method.train_candidates(ctx, run_phases, resume=resume)
     finally:
         logger.close()
-    final_phase = summaries[-1]["phase"]
-    val = evaluate(ctx.model, ctx.data, "val", ctx.tasks, batch_size=cfg.train.eval_batch_size, device=ctx.device)
+    for cand in candidates:
+        if not cand.val:
+            model = ctx.method.candidate_model(ctx, cand)
+            model.load_state_dict(load_checkpoint(run_dir / cand.checkpoint)["model"])
+            cand.val = evaluate(model, ctx.data, "val", ctx.tasks, batch_size=cfg.train.eval_batch_size,
+                                device=ctx.device, forward_kwargs=ctx.method.candidate_forward_kwargs(cand))
+        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference)
+    best = max(candidates, key=lambda c: c.score)
     selection = {
-        "checkpoint": f"checkpoints/{final_phase}/best.pt",
+        "selected": best.name,
+        "checkpoint": best.checkpoint,
         "rule": "validation Δ_MTL against the reference" if ctx.reference else "validation objective −Σ_t λ_t L_t",
-        "score": selection_score(val, ctx.tasks, ctx.reference),
-        "val": val, "phases": summaries,
+        "score": best.score,
+        "val": best.val,
+        "phases": summaries,
+        "candidates": [dataclasses.asdict(c) for c in candidates],
     }
     if D.is_main():
         atomic_write_json(run_dir / "selection.json", selection)
     return selection
 
 
-def load_selected(ctx: RunContext) -> dict[str, Any]:
-    path = ctx.run_dir / "selection.json"
+def read_selection(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "selection.json"
     if not path.exists():
-        raise RunDirError(f"{ctx.run_dir}: no selection.json; run `sharewise train` first")
-    selection = json.loads(path.read_text())
-    ctx.model.load_state_dict(load_checkpoint(ctx.run_dir / selection["checkpoint"])["model"])
-    return selection
+        raise RunDirError(f"{run_dir}: no selection.json; run `sharewise train` first")
+    return json.loads(path.read_text())
+
+
+def load_candidate(ctx: RunContext, entry: dict[str, Any]) -> tuple[MultiTaskModel, Candidate]:
+    cand = Candidate(**entry)
+    model = ctx.method.candidate_model(ctx, cand)
+    model.load_state_dict(load_checkpoint(ctx.run_dir / cand.checkpoint)["model"])
+    return model, cand
 
 
 def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate the selected model on the test split once and write ``results.json``."""
+    """Evaluate every candidate's selected checkpoint on the test split once; write ``results.json``
+    from the candidate chosen on validation (with mean ± sd over candidates when there are several)."""
     claim_run_dir(ctx.run_dir, ["results.json"], overwrite=overwrite, resume=False)
-    selection = load_selected(ctx)
-    test_metrics = evaluate(ctx.model, ctx.data, "test", ctx.tasks, batch_size=ctx.cfg.train.eval_batch_size,
-                            device=ctx.device)
-    results = build_results(ctx, selection, test_metrics)
+    selection = read_selection(ctx.run_dir)
+    per_candidate = []
+    chosen = None
+    for entry in selection["candidates"]:
+        model, cand = load_candidate(ctx, entry)
+        kwargs = ctx.method.candidate_forward_kwargs(cand)
+        metrics = evaluate(model, ctx.data, "test", ctx.tasks, batch_size=ctx.cfg.train.eval_batch_size,
+                           device=ctx.device, forward_kwargs=kwargs)
+        per_candidate.append({"name": cand.name, "score": cand.score, "info": cand.info, "test": metrics})
+        if cand.name == selection["selected"]:
+            chosen = (model, cand, metrics, kwargs)
+    model, cand, test_metrics, kwargs = chosen
+    results = build_results(ctx, selection, test_metrics, model=model, forward_kwargs=kwargs)
+    if len(per_candidate) > 1:
+        results["candidates"] = candidate_summary(per_candidate, ctx.tasks)
     if D.is_main():
         atomic_write_json(ctx.run_dir / "results.json", results)
     return results
 
 
-def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict[str, Any]) -> dict[str, Any]:
+def candidate_summary(per_candidate: list[dict[str, Any]], tasks: list[Task]) -> dict[str, Any]:
+    """Every candidate's test metrics and, per task and metric, mean ± sample sd over candidates."""
+    from ..metrics import mean_sd
+
+    summary = {}
+    for t in tasks:
+        names = [k for k in per_candidate[0]["test"][t.name] if k != "n"]
+        summary[t.name] = {}
+        for m in names:
+            mean, sd, n = mean_sd([c["test"][t.name].get(m) for c in per_candidate])
+            summary[t.name][m] = {"mean": mean, "sd": sd, "n": n}
+    return {"n": len(per_candidate), "per_candidate": per_candidate, "mean_sd": summary}
+
+
+def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict[str, Any], *,
+                  model: MultiTaskModel | None = None, forward_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     from ..metrics import delta_mtl, delta_task
 
     tasks = {}
@@ -187,9 +239,9 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
         "tasks": tasks,
         "delta_mtl": delta_mtl(deltas) if deltas else None,
         "reference": ctx.reference_source if ctx.reference else None,
-        "selection": {k: selection[k] for k in ("rule", "score", "phases", "checkpoint")},
-        "parameters": parameter_counts(ctx.model),
-        "flops": flop_counts(ctx.model, x0),
+        "selection": {k: selection[k] for k in ("rule", "score", "phases", "checkpoint", "selected")},
+        "parameters": parameter_counts(model or ctx.model),
+        "flops": flop_counts(model or ctx.model, x0, forward_kwargs),
     }
 
 

@@ -10,6 +10,7 @@ engine runs phases and never needs a method's internals; no method edits the eng
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -23,7 +24,7 @@ from ..errors import ConfigError, close_matches
 from ..tasks import Task
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(nn.Module, abc.ABC):
     """A plain ``nn.Module``: ``forward(x, tasks=None, **kw) -> {task: output}``.
 
     Subclasses say which parameters belong to which group (``param_groups``) and, for per-task
@@ -32,12 +33,13 @@ class MultiTaskModel(nn.Module):
 
     tasks: list[Task]
 
+    @abc.abstractmethod
     def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Outputs (logits or standardised values) of ``tasks`` (default: all) for inputs ``x``."""
 
+    @abc.abstractmethod
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups (e.g. ``backbone``, ``heads``, ``policy``); every parameter once."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def aux_losses(self, **state: Any) -> dict[str, torch.Tensor]:
         """Auxiliary losses (regularisers) for the current step, by name; none by default."""
@@ -47,9 +49,9 @@ class MultiTaskModel(nn.Module):
         """State-dict prefixes owned by ``task`` alone, or None when tasks share parameters."""
         return None
 
+    @abc.abstractmethod
     def task_modules(self, task: str) -> list[nn.Module]:
         """Modules on ``task``'s inference path (for parameter counts)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     @property
     def task_names(self) -> list[str]:
@@ -137,9 +139,30 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Method:
+@dataclass
+class Candidate:
+    """A finished model among which the selection chooses on validation (AdaShare re-trains
+    several sampled architectures; most methods have one). ``directory`` is relative to the run
+    directory; ``checkpoint`` relative to the run directory too; ``info`` is method-specific and
+    JSON-serialisable (e.g. the architecture's policy and seed)."""
+
+    name: str
+    checkpoint: str
+    directory: str = "."
+    val: dict[str, dict[str, float]] = field(default_factory=dict)
+    score: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
     """A sharing strategy. Subclasses set ``name``, ``description``, ``Options`` and implement
-    :meth:`build` and :meth:`phases`."""
+    :meth:`build` and :meth:`phases`.
+
+    The engine calls :meth:`train_candidates` (default: run :meth:`phases` on the model built
+    by :meth:`build` and return it as the only candidate) and, at test time,
+    :meth:`candidate_model` to rebuild each candidate. A method with several final models
+    (AdaShare's re-trained architectures) overrides both, still using the engine's
+    ``run_phases`` so that checkpoints, resume and logging behave the same everywhere."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -149,11 +172,41 @@ class Method:
         self.options = options
         self.cfg = cfg
 
+    @abc.abstractmethod
     def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> MultiTaskModel:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The multi-task model, with freshly initialised weights."""
 
+    @abc.abstractmethod
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The phases that train ``model`` (run in order by the engine)."""
+
+    def train_candidates(self, ctx: Any, run_phases: Callable[..., list[dict[str, Any]]], *,
+                         resume: bool = False) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """Train and return the candidates and the phase summaries.
+
+        ``run_phases(model, phases, directory=".", resume=False)`` runs phases on a model with
+        checkpoints under ``<run>/<directory>/checkpoints`` and leaves the selected state in
+        ``model``; ``ctx`` is the engine's run context (``cfg``, ``data``, ``tasks``, ``model``,
+        ``backbone_factory``).
+        """
+        steps = ctx.data.num_batches("train", ctx.cfg.train.batch_size)
+        phases = self.phases(ctx.model, steps)
+        summaries = run_phases(ctx.model, phases, resume=resume)
+        return [Candidate("main", f"checkpoints/{phases[-1].name}/best.pt")], summaries
+
+    def candidate_model(self, ctx: Any, candidate: Candidate) -> MultiTaskModel:
+        """The module a candidate's checkpoint loads into (default: the context's model)."""
+        return ctx.model
+
+    def candidate_forward_kwargs(self, candidate: Candidate) -> dict[str, Any]:
+        """Extra ``forward`` arguments for evaluating a candidate (none by default)."""
+        return {}
+
+    @classmethod
+    def report_sections(cls, run_dir: Any, plots_dir: Any) -> list[str]:
+        """Markdown lines for the method's own part of ``report.md``; may write PNGs into
+        ``plots_dir`` and link them as ``plots/<name>.png``. None by default."""
+        return []
 
     # Helpers every method may use -----------------------------------------------------------
 

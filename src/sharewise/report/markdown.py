@@ -53,6 +53,18 @@ def write_report(run_dir: Path) -> Path:
                      f"best cycle {ph['best_cycle']}, best score {_fmt(ph['best_score'])}"
                      f"{', stopped early' if ph.get('stopped_early') else ''}")
     lines.append("")
+    lines += _method_sections(results["method"], run_dir)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _method_sections(method: str, run_dir: Path) -> list[str]:
+    from ..methods import methods
+
+    cls = methods().get(method)
+    if cls is None:
+        return []
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    return cls.report_sections(run_dir, plots)
