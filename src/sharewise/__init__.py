@@ -5,6 +5,8 @@ The library is usable without the CLI; every model is a plain ``torch.nn.Module`
 
 __version__ = "0.1.0"
 
+from .api import Run, fit, load_run
 from .errors import ConfigError, DataError, RunDirError, SharewiseError, TrainingError
 
-__all__ = ["ConfigError", "DataError", "RunDirError", "SharewiseError", "TrainingError", "__version__"]
+__all__ = ["ConfigError", "DataError", "Run", "RunDirError", "SharewiseError", "TrainingError", "__version__", "fit",
+           "load_run"]

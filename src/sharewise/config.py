@@ -52,7 +52,8 @@ class DataConfig(_Open):
     header: bool = True
     columns: list[str] | None = None
     sep: str | None = None
-    skip_rows: int = 0
+    skip_rows: int = Field(0, ge=0)  # lines to skip before the header/data
+    test_skip_rows: int | None = Field(None, ge=0)  # the same for test_path (default: skip_rows)
     na_values: list[str] = Field(default_factory=list)
     value_map: dict[str, dict[str, Any]] = Field(default_factory=dict)
     features: list[str] | None = None
@@ -62,9 +63,15 @@ class DataConfig(_Open):
     group_col: str | None = None
     max_categories: int = Field(64, ge=1)
 
+    def for_test_file(self) -> DataConfig:
+        """The reading keys for ``test_path``: ``test_skip_rows`` replaces ``skip_rows`` when set."""
+        if self.test_skip_rows is None:
+            return self
+        return self.model_copy(update={"skip_rows": self.test_skip_rows})
+
 
 class SplitConfig(_Strict):
-    ratios: list[float] = Field(default_factory=lambda: [0.7, 0.15, 0.15])
+    ratios: list[float] | None = None  # train/val/test; None: the source's default (tables 0.7/0.15/0.15)
     seed: int | None = None  # default: train.seed
     stratify: bool = True
     train2_fraction: float = Field(0.5, gt=0, lt=1)
@@ -99,7 +106,9 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(512, ge=1)
     patience: int | None = Field(None, ge=1)  # early stopping, in evaluations
     eval_every: int | None = Field(None, ge=1)  # steps; default: once per epoch
-    checkpoint_every_s: float = Field(120.0, gt=0)
+    checkpoint_every_s: float = Field(120.0, gt=0)  # a kill loses at most this much work
+    log_every: int = Field(20, ge=1)  # steps between training-loss records in metrics.jsonl
+    exp_ids: list[int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
     gpus: list[int] = Field(default_factory=list)
     procs: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
@@ -155,7 +164,8 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"unknown config key {key!r}"
-    return f"config key {key!r}: {first['msg']}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config key {key!r}: {msg}"
 
 
 def _suggest_key(err: ValidationError, prefix: str = "") -> str:

@@ -10,10 +10,12 @@ from pathlib import Path
 from .main import config_from_args
 
 
-def _ctx(args: argparse.Namespace):
+def _ctx(args: argparse.Namespace, cfg=None):
+    from ..api import load_reference
     from ..engine.runner import prepare
 
-    return prepare(config_from_args(args))
+    reference, source = load_reference(getattr(args, "reference", None))
+    return prepare(cfg or config_from_args(args), reference=reference, reference_source=source)
 
 
 def _print_results(results: dict) -> None:
@@ -22,12 +24,31 @@ def _print_results(results: dict) -> None:
         print(f"  {name:<20} {t['kind']:<12} test {metric} = {t['test'].get(metric, float('nan')):.4f}")
 
 
+def _print_selection(ctx, sel: dict, verb: str) -> None:
+    if sel["selected"] is None:
+        later = " / ".join(f"`sharewise {s}`" for s in ctx.method.stages[1:])
+        print(f"sharewise: {verb} {ctx.cfg.method.name} in {ctx.run_dir}; next: {later}")
+    else:
+        print(f"sharewise: {verb} {ctx.cfg.method.name} in {ctx.run_dir} (selected {sel['selected']}, "
+              f"validation score {sel['score']:.4f})")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    """The method's first stage (all of it for single-stage methods; AdaShare: warm-up and search)."""
     from ..engine.runner import train
 
     ctx = _ctx(args)
-    sel = train(ctx, overwrite=args.overwrite, resume=args.resume)
-    print(f"sharewise: trained {ctx.cfg.method.name} in {ctx.run_dir} (validation score {sel['score']:.4f})")
+    sel = train(ctx, overwrite=args.overwrite, resume=args.resume, stage=ctx.method.stages[0])
+    _print_selection(ctx, sel, "trained")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ..engine.runner import retrain
+
+    ctx = _ctx(args)
+    sel = retrain(ctx, overwrite=args.overwrite, resume=args.resume)
+    _print_selection(ctx, sel, "re-trained")
     return 0
 
 
@@ -42,8 +63,18 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..engine.runner import run
+    from ..engine.runner import run, run_seeds
 
+    if args.seeds:
+        cfg = config_from_args(args)
+        summary = run_seeds(cfg, args.seeds, make_context=lambda c: _ctx(args, c), overwrite=args.overwrite,
+                            resume=args.resume)
+        print(f"sharewise: {len(args.seeds)} seeds in {cfg.run_dir()} (seeds.md, seeds.json)")
+        for task, metrics in summary["tasks"].items():
+            m = metrics["primary_metric"]
+            v = metrics["test"][m]
+            print(f"  {task:<20} test {m} = {v['mean']:.4f} ± {v['sd']:.4f} (n = {v['n']})")
+        return 0
     ctx = _ctx(args)
     results = run(ctx, overwrite=args.overwrite, resume=args.resume)
     print(f"sharewise: finished {ctx.cfg.method.name} in {ctx.run_dir} (report.md, results.json)")
@@ -55,6 +86,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     run_demo(Path(args.out), seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..api import Run
+    from ..data.table import read_table
+    from ..engine.checkpoint import atomic_write_bytes
+    from ..errors import RunDirError
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise RunDirError(f"{out} exists; use --overwrite to replace it")
+    run = Run(args.run_dir)
+    data_cfg = run.config.data.model_copy()
+    data_cfg.skip_rows = args.skip_rows if args.skip_rows is not None else data_cfg.skip_rows
+    frame = read_table(args.data, data_cfg)
+    predictions = run.predict(frame, source=str(args.data))
+    suffix = out.suffix.lower()
+    if suffix == ".parquet":
+        import io
+
+        buf = io.BytesIO()
+        predictions.to_parquet(buf, index=False)
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        atomic_write_bytes(out, predictions.to_csv(index=False, sep="\t" if suffix == ".tsv" else ",").encode())
+    print(f"sharewise: {len(predictions)} predictions -> {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_comparison, write_report
+
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        print(f"sharewise: report -> {write_report(r)}")
+    if len(runs) > 1:
+        out = Path(args.out) if args.out else runs[0].parent / "comparison"
+        print(f"sharewise: comparison -> {write_comparison(runs, out)}")
     return 0
 
 

@@ -15,10 +15,13 @@ from typing import Any
 from ..errors import SharewiseError
 
 COMMANDS = {
-    "train": "run every training phase and record the validation selection",
+    "train": "run every training phase and record the validation selection (AdaShare: warm-up and policy search)",
+    "retrain": "re-train a finished search's candidates, e.g. AdaShare's sampled architectures (--exp-ids 0 1 ...)",
     "test": "evaluate the selected model on the test split once; write results.json",
     "run": "train, test and write the report",
     "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
+    "predict": "apply a finished run's selected model to new rows of a table",
+    "report": "regenerate a run's report.md; with several runs, write one comparison",
     "methods": "list the available methods",
     "datasets": "list the built-in datasets and the supported file formats",
 }
@@ -44,6 +47,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_alias("--num-target"), dest="num_target", nargs="+", metavar="COL", help="numerical target column(s)")
     p.add_argument(*_alias("--id-col"), dest="id_col", help="id column (kept out of the features)")
     p.add_argument(*_alias("--split-col"), dest="split_col", help="column with train/val/test per row")
+    p.add_argument(*_alias("--image-col"), dest="image_col",
+                   help="column of image paths (sets data.image_col; the inputs are those images)")
     p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
     p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
     p.add_argument("--seed", type=int, help="run seed (train.seed)")
@@ -51,8 +56,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
     p.add_argument("--gpus", nargs="*", type=int, metavar="ID", help="GPU ids (default: CPU)")
     p.add_argument("--epochs", type=int, help="shortcut for train.epochs")
+    p.add_argument(*_alias("--exp-ids"), dest="exp_ids", nargs="+", metavar="ID",
+                   help="candidates to re-train/test (train.exp_ids), e.g. AdaShare architectures 0 1 2 or argmax")
     p.add_argument("--overwrite", action="store_true", help="replace this command's earlier outputs in the run directory")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--reference", metavar="RUN_DIR|JSON",
+                   help="single-task references for Δ_MTL: an `independent` run directory or a JSON of per-task metrics")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="repeat the experiment for each seed in <out>/seed_<s>/ and report mean ± sd")
     p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -61,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharewise", description="Deep multi-task learning that learns what to share.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in ("train", "test", "run"):
+    for name in ("train", "retrain", "test", "run"):
         add_run_flags(sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name]))
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
     demo.add_argument("--out", "-o", default="runs/demo", help="directory for the demo runs (default runs/demo)")
@@ -69,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     demo.add_argument("--debug", action="store_true")
+    pred = sub.add_parser("predict", help=COMMANDS["predict"], description=COMMANDS["predict"])
+    pred.add_argument("run_dir", metavar="RUN", help="a finished run directory")
+    pred.add_argument("--data", required=True, help="table with the feature columns (targets may be missing)")
+    pred.add_argument("--out", "-o", required=True, help="predictions file (.csv, .tsv or .parquet)")
+    pred.add_argument("--skip-rows", "--skip_rows", dest="skip_rows", type=int, default=None,
+                      help="lines to skip before the data (default: the run's data.skip_rows)")
+    pred.add_argument("--overwrite", action="store_true")
+    pred.add_argument("--debug", action="store_true")
+    rep = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    rep.add_argument("--out", "-o", help="directory for the comparison (several runs; default: comparison/ next to the first run)")
+    rep.add_argument("--debug", action="store_true")
     for name in ("methods", "datasets"):
         p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
         p.add_argument("--debug", action="store_true")
@@ -90,10 +113,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
     put("data.test_path", args.test_data)
     put("data.id_col", args.id_col)
     put("data.split_col", args.split_col)
+    put("data.image_col", getattr(args, "image_col", None))
     put("method.name", args.method)
     put("backbone.name", args.backbone)
     put("train.seed", args.seed)
     put("train.epochs", args.epochs)
+    if getattr(args, "exp_ids", None):
+        put("train.exp_ids", [int(v) if v.isdigit() else v for v in args.exp_ids])
     put("output.exp_name", args.exp_name)
     put("output.dir", args.out)
     if args.gpus is not None:

@@ -29,6 +29,10 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 

@@ -24,7 +24,7 @@ from ..backbones import backbone_factory
 from ..config import Config, save_config, validate_options
 from ..cost import flop_counts, parameter_counts
 from ..data import LoadedData, build_data
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..methods import Method, MultiTaskModel, get_method
 from ..methods.base import Candidate
 from ..seeding import seed_global, stream_seed
@@ -50,14 +50,17 @@ class RunContext:
     reference: dict[str, dict[str, float]] | None = None
     reference_source: str | None = None
     backbone_factory: Any = None
+    task_list: list[Task] | None = None  # when there is no data (a finished run loaded for predict)
 
     @property
     def data(self):
+        if self.loaded is None:
+            raise RunDirError(f"{self.run_dir}: this run context was loaded without its data")
         return self.loaded.data
 
     @property
     def tasks(self) -> list[Task]:
-        return self.loaded.data.tasks
+        return self.task_list if self.loaded is None else self.loaded.data.tasks
 
 
 def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None,
@@ -79,6 +82,28 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
 
 
+def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> RunContext:
+    """Rebuild a finished run's method and model from its ``config.yaml`` and ``data_state.json``
+    alone (no data is read), for ``predict`` and the Python API."""
+    from ..config import load_config
+    from ..data.base import InputSpec
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "data_state.json"):
+        if not (run_dir / name).exists():
+            raise RunDirError(f"{run_dir}: not a sharewise run directory (no {name})")
+    cfg = load_config(run_dir / "config.yaml")
+    state = json.loads((run_dir / "data_state.json").read_text())
+    tasks = [Task.from_dict(t) for t in state["tasks"]]
+    spec = InputSpec(state["input_spec"]["kind"], tuple(state["input_spec"]["shape"]))
+    method_cls = get_method(cfg.method.name)
+    method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
+    factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
+    model = method.build(factory, tasks)
+    return RunContext(cfg, run_dir, None, method, model, torch.device(device), backbone_factory=factory,
+                      task_list=tasks)
+
+
 def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
     """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``."""
     existing = [o for o in outputs if (run_dir / o).exists()]
@@ -95,7 +120,7 @@ def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume:
 
 
 TRAIN_OUTPUTS = ["checkpoints", "selection.json", "metrics.jsonl", "tensorboard", "split.csv", "data_state.json",
-                 "config.yaml"]
+                 "config.yaml", "policy.json"]
 TEST_OUTPUTS = ["results.json", "report.md"]
 
 
@@ -108,21 +133,36 @@ def write_split_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger) -> Trainer:
+def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger,
+                 seed: int | None = None) -> Trainer:
     cfg = ctx.cfg
-    return Trainer(model, ctx.data, run_dir=ctx.run_dir / directory, seed=cfg.train.seed,
+    return Trainer(model, ctx.data, run_dir=ctx.run_dir / directory, seed=cfg.train.seed if seed is None else seed,
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
-                   reference=ctx.reference)
+                   reference=ctx.reference, log_every=cfg.train.log_every)
 
 
-def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train the method's candidates and select one on validation (never test)."""
+def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None) -> dict[str, Any]:
+    """Train the method's candidates and select one on validation (never test).
+
+    ``stage`` (one of ``method.stages``; None: all) runs a part of a multi-stage method: the first
+    stage starts the run directory; a later one (``sharewise retrain``) adds candidates, each in
+    its own sub-directory, to a run whose first stage is done, and selects again among all the
+    candidates trained so far."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    claim_run_dir(run_dir, TRAIN_OUTPUTS + TEST_OUTPUTS, overwrite=overwrite, resume=resume)
-    if resume and not (run_dir / "checkpoints").exists():
+    stages = ctx.method.stages
+    if stage is not None and stage not in stages:
+        raise ConfigError(f"method {cfg.method.name!r} has no {stage!r} stage (its stages: {', '.join(stages)})")
+    first = stage is None or stage == stages[0]
+    if not first:
+        if not (run_dir / "checkpoints").exists():
+            raise RunDirError(f"{run_dir}: nothing trained yet; run `sharewise train` first")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        claim_run_dir(run_dir, TRAIN_OUTPUTS + TEST_OUTPUTS, overwrite=overwrite, resume=resume)
+    if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
-    if D.is_main():
+    if first and D.is_main():
         save_config(cfg, run_dir / "config.yaml")
         write_split_csv(run_dir / "split.csv", ctx.data.split_table())
         atomic_write_json(run_dir / "data_state.json", {
@@ -130,14 +170,37 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> 
             "input_spec": ctx.data.input_spec.to_dict(), **ctx.loaded.state})
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
 
-    def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume) -> list[dict]:
-        trainer = make_trainer(ctx, model, directory, logger)
-        return [trainer.run_phase(phase, resume=resume) for phase in phases]
+    def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume,
+                   seed: int | None = None) -> list[dict]:
+        sub = str(directory) not in (".", "")
+        if sub:  # a candidate's own directory: refused when it exists, like the run directory itself
+            claim_run_dir(run_dir / directory, ["checkpoints", "metrics.jsonl"], overwrite=overwrite, resume=resume)
+        log = MetricsLogger(run_dir / directory, tensorboard=False) if sub else logger
+        try:
+            trainer = make_trainer(ctx, model, directory, log, seed=seed)
+            summaries = [trainer.run_phase(phase, resume=resume) for phase in phases]
+        finally:
+            if sub:
+                log.close()
+        return [{**s, "directory": str(directory)} for s in summaries] if sub else summaries
 
     try:
-        candidates, summaries = ctx.method.train_candidates(ctx, run_phases, resume=resume)
+        candidates, summaries = ctx.method.train_candidates(ctx, run_phases, resume=resume, stage=stage)
     finally:
         logger.close()
+    previous = read_selection(run_dir) if (run_dir / "selection.json").exists() else None
+    if previous:  # a later stage or a resumed one: keep what earlier commands trained
+        new_names = {c.name for c in candidates}
+        candidates = [Candidate(**c) for c in previous["candidates"] if c["name"] not in new_names] + candidates
+        new_keys = {(s["phase"], s.get("directory", ".")) for s in summaries}
+        summaries = [s for s in previous.get("phases", []) if (s["phase"], s.get("directory", ".")) not in new_keys] + summaries
+    rule = "validation Δ_MTL against the reference" if ctx.reference else "validation objective −Σ_t λ_t L_t"
+    if not candidates:
+        selection = {"selected": None, "checkpoint": None, "rule": rule, "score": None, "val": None,
+                     "phases": summaries, "candidates": []}
+        if D.is_main():
+            atomic_write_json(run_dir / "selection.json", selection)
+        return selection
     for cand in candidates:
         if not cand.val:
             model = ctx.method.candidate_model(ctx, cand)
@@ -149,7 +212,7 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> 
     selection = {
         "selected": best.name,
         "checkpoint": best.checkpoint,
-        "rule": "validation Δ_MTL against the reference" if ctx.reference else "validation objective −Σ_t λ_t L_t",
+        "rule": rule,
         "score": best.score,
         "val": best.val,
         "phases": summaries,
@@ -157,7 +220,13 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> 
     }
     if D.is_main():
         atomic_write_json(run_dir / "selection.json", selection)
+    ctx.method.on_selection(ctx, selection)
     return selection
+
+
+def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """The ``retrain`` stage of a multi-stage method (``sharewise retrain --exp-ids ...``)."""
+    return train(ctx, overwrite=overwrite, resume=resume, stage="retrain")
 
 
 def read_selection(run_dir: Path) -> dict[str, Any]:
@@ -179,9 +248,23 @@ def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
     from the candidate chosen on validation (with mean ± sd over candidates when there are several)."""
     claim_run_dir(ctx.run_dir, ["results.json"], overwrite=overwrite, resume=False)
     selection = read_selection(ctx.run_dir)
+    entries = selection["candidates"]
+    if not entries:
+        later = " ".join(f"`sharewise {s}`" for s in ctx.method.stages[1:]) or "`sharewise train`"
+        raise RunDirError(f"{ctx.run_dir}: no trained model to test yet; run {later} first")
+    if ctx.cfg.train.exp_ids:  # --exp-ids: test those candidates; the choice among them is still on validation
+        wanted = {str(e).lower() for e in ctx.cfg.train.exp_ids}
+        known = [str(e.get("exp_id")) for e in entries]
+        entries = [e for e in entries if str(e.get("exp_id")).lower() in wanted]
+        if not entries:
+            raise RunDirError(f"--exp-ids {' '.join(map(str, ctx.cfg.train.exp_ids))}: no such candidate in "
+                              f"{ctx.run_dir} (trained: {', '.join(known)})")
+        best = max(entries, key=lambda e: e["score"])
+        selection = {**selection, "selected": best["name"], "checkpoint": best["checkpoint"], "score": best["score"],
+                     "val": best["val"], "candidates": entries}
     per_candidate = []
     chosen = None
-    for entry in selection["candidates"]:
+    for entry in entries:
         model, cand = load_candidate(ctx, entry)
         kwargs = ctx.method.candidate_forward_kwargs(cand)
         metrics = evaluate(model, ctx.data, "test", ctx.tasks, batch_size=ctx.cfg.train.eval_batch_size,
@@ -254,3 +337,41 @@ def run(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> di
     if D.is_main():
         write_report(ctx.run_dir)
     return results
+
+
+def run_seeds(cfg: Config, seeds: list[int], *, make_context, overwrite: bool = False,
+              resume: bool = False) -> dict[str, Any]:
+    """The same experiment once per seed in ``<run>/seed_<s>/``; writes ``seeds.json`` and
+    ``seeds.md`` with mean ± sample sd (n stated) of every validation and test metric."""
+    from ..metrics import mean_sd
+    from ..report.markdown import write_seed_summary
+
+    base = cfg.run_dir()
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: repeated seed in {seeds}")
+    per_seed = {}
+    for seed in seeds:
+        c = cfg.model_copy(deep=True)
+        c.train.seed = seed
+        c.output.dir = str(base / f"seed_{seed}")
+        per_seed[seed] = run(make_context(c), overwrite=overwrite, resume=resume)
+    first = per_seed[seeds[0]]
+    tasks = {}
+    for name, t in first["tasks"].items():
+        entry = {"kind": t["kind"], "primary_metric": t["primary_metric"]}
+        for split in ("val", "test"):
+            entry[split] = {}
+            for m in t[split]:
+                if m == "n":
+                    continue
+                mean, sd, n = mean_sd([per_seed[s]["tasks"][name][split].get(m) for s in seeds])
+                entry[split][m] = {"mean": mean, "sd": sd, "n": n}
+        tasks[name] = entry
+    dm = [per_seed[s].get("delta_mtl") for s in seeds]
+    summary = {"schema": SCHEMA, "method": cfg.method.name, "seeds": list(seeds), "n": len(seeds), "tasks": tasks,
+               "delta_mtl": dict(zip(("mean", "sd", "n"), mean_sd(dm))) if any(v is not None for v in dm) else None,
+               "runs": {str(s): str(base / f"seed_{s}") for s in seeds}}
+    if D.is_main():
+        atomic_write_json(base / "seeds.json", summary)
+        write_seed_summary(base, summary)
+    return summary

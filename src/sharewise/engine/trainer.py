@@ -121,6 +121,7 @@ class Trainer:
                 best_model_state = load_checkpoint(best_path)["model"]
             print(f"sharewise: resumed phase {phase.name!r} from {last_path} "
                   f"(cycle {state.cycle}, step {state.step})", file=sys.stderr)
+            self.logger.log(phase.name, state.step, {}, event="resumed", checkpoint=str(last_path))
             if state.done:
                 self._finish(phase, best_model_state)
                 return self._summary(phase, state)
@@ -222,6 +223,21 @@ class Trainer:
                     dynamic_ncols=True, mininterval=0.5)
 
     def _step(self, phase: Phase, stretch: Stretch, state: PhaseState, optimizers, schedulers, batch) -> dict[str, float]:
+        """One optimiser step. Only the stretch's optimiser's parameters get gradients: the others
+        are frozen for the step (AdaShare's policy stretch computes no weight gradient)."""
+        optimizer = optimizers[stretch.optimizer]
+        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        frozen = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            return self._optimizer_step(phase, stretch, state, optimizers, schedulers, batch)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _optimizer_step(self, phase: Phase, stretch: Stretch, state: PhaseState, optimizers, schedulers,
+                        batch) -> dict[str, float]:
         optimizer = optimizers[stretch.optimizer]
         kwargs = stretch.forward_kwargs(state) if stretch.forward_kwargs else {}
         batch = to_device(batch, self.device)

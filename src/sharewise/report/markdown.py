@@ -53,9 +53,56 @@ def write_report(run_dir: Path) -> Path:
                      f"best cycle {ph['best_cycle']}, best score {_fmt(ph['best_score'])}"
                      f"{', stopped early' if ph.get('stopped_early') else ''}")
     lines.append("")
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    from .plots import training_curves
+
+    curves = training_curves(run_dir, results["tasks"], plots)
+    if curves:
+        lines += ["## Training and validation curves", ""]
+        lines += [f"![{c.stem}](plots/{c.name})" for c in curves]
+        lines.append("")
+    if results.get("candidates"):
+        lines += _candidate_lines(results)
     lines += _method_sections(results["method"], run_dir)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _candidate_lines(results: dict[str, Any]) -> list[str]:
+    cands = results["candidates"]
+    lines = ["## Candidates", "", f"{cands['n']} candidate models; the selected one "
+             f"(`{results['selection'].get('selected')}`) was chosen on validation only. Test mean ± sample sd over all:", "",
+             "| task | metric | mean | sd | n |", "|---|---|---|---|---|"]
+    for task, metrics in cands["mean_sd"].items():
+        m = results["tasks"][task]["primary_metric"]
+        v = metrics.get(m, {})
+        lines.append(f"| {task} | {m} | {_fmt(v.get('mean'))} | {_fmt(v.get('sd'))} | {v.get('n')} |")
+    lines += ["", "| candidate | validation score | " + " | ".join(cands["mean_sd"]) + " |",
+              "|---|---|" + "---|" * len(cands["mean_sd"])]
+    for c in cands["per_candidate"]:
+        vals = [_fmt(c["test"][t].get(results["tasks"][t]["primary_metric"])) for t in cands["mean_sd"]]
+        lines.append(f"| {c['name']} | {_fmt(c['score'])} | " + " | ".join(vals) + " |")
+    return lines + [""]
+
+
+def write_seed_summary(base: Path, summary: dict[str, Any]) -> Path:
+    lines = [f"# {summary['method']}: {summary['n']} seeds ({', '.join(map(str, summary['seeds']))})", "",
+             "Mean ± sample sd (n − 1) over seeds, n stated; each seed's run is in `seed_<s>/`.", "",
+             "| task | metric | validation | test | n |", "|---|---|---|---|---|"]
+    for task, t in summary["tasks"].items():
+        for m, v in t["test"].items():
+            if m == "loss":
+                continue
+            val = t["val"].get(m, {})
+            lines.append(f"| {task} | {m}{' (primary)' if m == t['primary_metric'] else ''} | "
+                         f"{_fmt(val.get('mean'))} ± {_fmt(val.get('sd'))} | {_fmt(v['mean'])} ± {_fmt(v['sd'])} | {v['n']} |")
+    if summary.get("delta_mtl"):
+        d = summary["delta_mtl"]
+        lines += ["", f"Δ_MTL = {_fmt(d['mean'])} ± {_fmt(d['sd'])} % (n = {d['n']})."]
+    path = base / "seeds.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -1,0 +1,109 @@
+"""Exact resume after SIGKILL, the clean stop on a non-finite loss, and Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharewise.config import validate_config
+from sharewise.engine.checkpoint import load_checkpoint
+from sharewise.engine.runner import prepare, train
+from sharewise.errors import TrainingError
+
+FLAGS = ["--epochs", "3", "--no-progress", "--set", "train.threads=1", "--set", "train.batch_size=8",
+         "--set", "train.checkpoint_every_s=0.0001", "--set", "train.log_every=1", "--set", "backbone.width=192",
+         "--set", "backbone.dropout=0.1", "--set", "output.tensorboard=false"]
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sharewise", "train", "--out", str(out), *FLAGS, *extra]
+
+
+def _last_step(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [0]
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line).get("step", 0))
+        except json.JSONDecodeError:
+            pass
+    return max(steps)
+
+
+def _env():
+    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_train_cmd(ref), check=True, env=_env(), capture_output=True)
+    steps_per_epoch = json.loads((ref / "selection.json").read_text())["phases"][0]["steps"] // 3
+    kill_after = steps_per_epoch + steps_per_epoch // 2  # inside the second epoch
+    proc = subprocess.Popen(_train_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _last_step(killed) < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "selection.json").exists()
+    ck = load_checkpoint(killed / "checkpoints" / "train" / "last.pt")
+    assert ck["state"]["step"] >= steps_per_epoch and ck["state"]["batch"] == 0
+    assert ck["state"]["stretch_step"] > 0  # mid-epoch
+    res = subprocess.run(_train_cmd(killed, "--resume"), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "resumed phase 'train' from" in res.stderr
+    a = json.loads((ref / "selection.json").read_text())
+    b = json.loads((killed / "selection.json").read_text())
+    assert a["val"] == b["val"] and a["score"] == b["score"]
+    wa = load_checkpoint(ref / "checkpoints/train/best.pt")["model"]
+    wb = load_checkpoint(killed / "checkpoints/train/best.pt")["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    la = load_checkpoint(ref / "checkpoints/train/last.pt")["model"]
+    lb = load_checkpoint(killed / "checkpoints/train/last.pt")["model"]
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from sharewise.tasks import Task
+
+    calls = {"n": 0}
+    original = Task.compute_loss
+
+    def poisoned(self, output, target, mask):
+        calls["n"] += 1
+        loss = original(self, output, target, mask)
+        return loss * float("nan") if calls["n"] > 4 * 6 and self.name == "parity" else loss
+
+    monkeypatch.setattr(Task, "compute_loss", poisoned)
+    cfg = validate_config({"backbone": {"width": 8, "depth": 1}, "train": {"epochs": 2, "progress": False,
+                           "checkpoint_every_s": 0.0001}, "output": {"dir": str(tmp_path / "nan"), "tensorboard": False}})
+    with pytest.raises(TrainingError) as err:
+        train(prepare(cfg))
+    msg = str(err.value)
+    assert "non-finite loss" in msg and "'parity'" in msg and "phase 'train'" in msg and "step 7" in msg
+    kept = load_checkpoint(tmp_path / "nan" / "checkpoints" / "train" / "last.pt")
+    assert kept["state"]["step"] == 6
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "int"
+    proc = subprocess.Popen(_train_cmd(out, "--set", "train.checkpoint_every_s=1000"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while _last_step(out) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert load_checkpoint(out / "checkpoints" / "train" / "last.pt")["state"]["step"] >= 5
