@@ -6,6 +6,9 @@ before the run directory is touched, so its ``results.json`` must stay byte-for-
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,32 +41,46 @@ def finished(tmp_path_factory) -> dict:
     rc = main(["run", "--data", str(data), "--cat-target", "sex", "--num-target", "age", "--id-col", "subject",
                "--out", str(out), *FAST])
     assert rc == 0
-    return {"out": out, "data": data, "results": (out / "results.json").read_bytes()}
+    return {"out": out, "data": data, "results": (out / "results.json").read_bytes(), "files": _snapshot(out)}
+
+
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a run directory with its size and modification time."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
-def bad(finished, capsys):
-    """Run a command against the finished run dir with --overwrite; return its one error line."""
+def bad(finished, capsys, tmp_path, monkeypatch):
+    """Run a command against the finished run dir with --overwrite; return its one error line.
+
+    The command runs in ``tmp_path`` so that file names in messages are the short relative ones
+    the tests pass (a test's words are never found inside its own temporary path).
+    """
+    monkeypatch.chdir(tmp_path)
 
     def run(*argv: str, command: str = "run") -> str:
         capsys.readouterr()
-        rc = main([command, *argv, "--out", str(finished["out"]), "--overwrite", *FAST])
+        with warnings.catch_warnings(record=True) as caught:
+            rc = main([command, *argv, "--out", str(finished["out"]), "--overwrite", *FAST])
         err = capsys.readouterr().err
+        assert not caught, [str(w.message) for w in caught]  # the CLI would print each as a line
         assert rc == 2, err
         assert "Traceback" not in err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1, err
         assert lines[0].startswith("sharewise: error: "), err
         assert (finished["out"] / "results.json").read_bytes() == finished["results"]
+        assert _snapshot(finished["out"]) == finished["files"]  # nothing else replaced or removed either
         return lines[0]
 
     return run
 
 
-def _csv(tmp_path: Path, text: str, name: str = "t.csv") -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
+def _csv(tmp_path: Path, text: str, name: str = "input.csv") -> str:
+    """Write ``text`` to ``tmp_path/name`` and return ``name`` (the tests run in ``tmp_path``)."""
+    (tmp_path / name).write_text(text)
+    return name
 
 
 def _rows(n: int = 30, **cols) -> str:
@@ -79,8 +96,13 @@ def _rows(n: int = 30, **cols) -> str:
 
 def test_missing_file(bad, tmp_path):
     path = tmp_path / "nope.csv"
-    line = bad("--data", str(path), "--cat-target", "sex")
-    assert "not found" in line and str(path) in line
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert line == f"sharewise: error: data file not found: nope.csv (relative to the current directory {tmp_path})"
+
+
+def test_missing_test_file(bad, finished, tmp_path):
+    line = bad("--data", str(finished["data"]), "--test-data", str(tmp_path / "nope.csv"), "--cat-target", "sex")
+    assert line == f"sharewise: error: data file not found: {tmp_path / 'nope.csv'}"
 
 
 def test_empty_file(bad, tmp_path):
@@ -106,41 +128,42 @@ def test_header_only_file(bad, tmp_path):
 def test_binary_garbage(bad, tmp_path, content):
     path = tmp_path / "garbage.csv"
     path.write_bytes(content)
-    line = bad("--data", str(path), "--cat-target", "sex")
-    assert str(path) in line and "binary" in line
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert path.name in line and "binary" in line
 
 
 def test_csv_content_named_parquet(bad, tmp_path):
-    path = _csv(tmp_path, _rows(sex=lambda i: "FM"[i % 2]), name="t.parquet")
+    path = _csv(tmp_path, _rows(sex=lambda i: "FM"[i % 2]), name="input.parquet")
     line = bad("--data", path, "--cat-target", "sex")
     assert path in line and "not a Parquet file" in line
 
 
 def test_parquet_content_named_csv(bad, tmp_path):
-    path = tmp_path / "t.csv"
+    path = tmp_path / "input.csv"
     _good_frame().to_parquet(path)
-    line = bad("--data", str(path), "--cat-target", "sex")
-    assert str(path) in line and "Parquet" in line
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert path.name in line and "Parquet" in line
 
 
 def test_truncated_parquet(bad, tmp_path):
-    path = tmp_path / "t.parquet"
+    path = tmp_path / "input.parquet"
     _good_frame().to_parquet(path)
     path.write_bytes(path.read_bytes()[:200])
-    line = bad("--data", str(path), "--cat-target", "sex")
-    assert str(path) in line and "Parquet" in line
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert line.startswith("sharewise: error: input.parquet: unreadable Parquet file")
+    assert line.count("input.parquet") == 1
 
 
 def test_gzip_content_without_gz_suffix(bad, tmp_path):
     import gzip
 
-    path = tmp_path / "t.csv"
+    path = tmp_path / "input.csv"
     path.write_bytes(gzip.compress(_rows(sex=lambda i: "FM"[i % 2]).encode()))
-    line = bad("--data", str(path), "--cat-target", "sex")
-    assert str(path) in line and "gzip" in line
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert path.name in line and "gzip" in line
 
 
-@pytest.mark.parametrize("name", ["t.xlsx", "t.json", "noext"])
+@pytest.mark.parametrize("name", ["input.xlsx", "input.json", "input"])
 def test_unsupported_extension(bad, tmp_path, name):
     path = _csv(tmp_path, _rows(sex=lambda i: "FM"[i % 2]), name=name)
     line = bad("--data", path, "--cat-target", "sex")
@@ -195,11 +218,11 @@ def test_target_twice(bad, finished):
 
 
 def test_target_twice_in_config(bad, finished, tmp_path):
-    cfg = tmp_path / "c.yaml"
+    cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"data: {{path: {finished['data']}}}\n"
                    "tasks:\n  - {name: sex, kind: categorical}\n  - {name: sex, kind: numerical}\n")
     line = bad("--config", str(cfg))
-    assert "'sex'" in line and "both" in line and "tasks" in line
+    assert line == "sharewise: error: config key 'tasks': target 'sex' is given both as categorical and as numerical"
 
 
 def test_numerical_target_with_text(bad, tmp_path):
@@ -259,42 +282,42 @@ def test_unknown_feature_column(bad, finished):
 
 def test_missing_config_file(bad, tmp_path):
     path = tmp_path / "nope.yaml"
-    line = bad("--config", str(path))
-    assert str(path) in line and "not found" in line
+    line = bad("--config", path.name)
+    assert path.name in line and "not found" in line
 
 
 def test_yaml_syntax_error(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: [1, 2\n  seed: 3\n")
-    line = bad("--config", str(path))
-    assert str(path) in line and "YAML syntax error" in line and "line" in line
+    line = bad("--config", path.name)
+    assert path.name in line and "YAML syntax error" in line and "line" in line
 
 
 def test_config_not_a_mapping(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_text("- train\n- epochs\n")
-    line = bad("--config", str(path))
-    assert str(path) in line and "mapping" in line and "list" in line
+    line = bad("--config", path.name)
+    assert path.name in line and "mapping" in line and "list" in line
 
 
 def test_config_binary_file(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81garbage")
-    line = bad("--config", str(path))
-    assert str(path) in line
+    line = bad("--config", path.name)
+    assert path.name in line
 
 
 def test_unknown_config_key_in_file(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epoch: 3\n")
-    line = bad("--config", str(path))
+    line = bad("--config", path.name)
     assert "'train.epoch'" in line and "did you mean: epochs" in line
 
 
 def test_unknown_config_section(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_text("trian:\n  epochs: 3\n")
-    line = bad("--config", str(path))
+    line = bad("--config", path.name)
     assert "'trian'" in line and "did you mean: train" in line
 
 
@@ -314,9 +337,9 @@ def test_wrong_type_through_set(bad):
 
 
 def test_wrong_type_in_file(bad, tmp_path):
-    path = tmp_path / "c.yaml"
+    path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  lr: fast\n")
-    line = bad("--config", str(path))
+    line = bad("--config", path.name)
     assert "'optim.lr'" in line and "number" in line
 
 
@@ -363,10 +386,39 @@ def test_gpu_that_does_not_exist(bad):
 
 
 def test_bad_input_on_test_command(bad, tmp_path):
-    line = bad("--data", str(tmp_path / "nope.csv"), "--cat-target", "sex", command="test")
+    line = bad("--data", "nope.csv", "--cat-target", "sex", command="test")
     assert "not found" in line
 
 
 def test_bad_input_on_train_command(bad):
     line = bad("--set", "train.epoch=3", command="train")
     assert "'train.epoch'" in line
+
+
+@pytest.mark.parametrize("text, target, words", [
+    ("x,sex\n", "sex", "no data rows"),
+    ("x,sex\n1,F\n2,M\n", "sexx", "did you mean: sex"),
+])
+def test_real_process_prints_one_line(finished, tmp_path, text, target, words):
+    """The real entry point, with its warnings filter, prints the one line and nothing else."""
+    path = _csv(tmp_path, text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sharewise", "run", "--data", path, "--cat-target", target,
+         "--out", str(finished["out"]), "--overwrite", *FAST],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("sharewise: error: "), proc.stderr
+    assert path in proc.stderr and words in proc.stderr
+    assert (finished["out"] / "results.json").read_bytes() == finished["results"]
+    assert _snapshot(finished["out"]) == finished["files"]
+
+
+def test_test_command_on_data_that_does_not_fit_the_trained_model(bad, finished, tmp_path):
+    """The saved checkpoint is loaded before results.json is replaced (here: one more feature column)."""
+    frame = _good_frame()
+    frame["x2"] = frame["x1"] * 2
+    frame.to_csv(tmp_path / "wider.csv", index=False)
+    line = bad("--data", "wider.csv", "--cat-target", "sex", "--num-target", "age", "--id-col", "subject",
+               command="test")
+    assert str(finished["out"]) in line

@@ -92,3 +92,30 @@ def test_digits_builtin():
     assert data.input_spec.shape == (64,)
     img = build_data(validate_config({"data": {"source": "digits", "as_image": True}})).data
     assert img.input_spec.kind == "image" and img.examples.inputs.shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_text_cells_are_stripped_and_na_markers_reinferred(tmp_path, fmt):
+    from sharewise.config import DataConfig
+    from sharewise.data.table import read_table
+
+    frame = pd.DataFrame({"sex": ["F ", " M", "?"], "y": ["1", "?", " 2"]})
+    path = tmp_path / f"t.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
+    out = read_table(path, DataConfig(na_values=["?"]))
+    assert out["sex"].tolist()[:2] == ["F", "M"] and out["sex"].isna().tolist() == [False, False, True]
+    assert out["y"].dtype.kind == "f" and out["y"].isna().tolist() == [False, True, False]
+
+
+def test_test_skip_rows_applies_to_the_test_file_only(tmp_path):
+    def rows(n: int) -> str:
+        return "".join(f"{i},{'ab'[i % 2]}\n" for i in range(n))
+
+    (tmp_path / "train.csv").write_text(rows(40))
+    (tmp_path / "test.csv").write_text("|a preamble line\n" + rows(14))
+    cfg = validate_config({"data": {"path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv"),
+                                    "header": False, "columns": ["x", "y"], "test_skip_rows": 1},
+                           "tasks": [{"name": "y", "kind": "categorical"}]})
+    data = build_data(cfg).data
+    assert len(data.splits["train"]) + len(data.splits["val"]) == 40
+    assert len(data.splits["test"]) == 14

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, close_matches
 
@@ -42,6 +42,33 @@ class TaskSpec(_Strict):
     weight: float = 1.0
 
 
+class JoinSpec(_Strict):
+    """Another table joined to the main one (``data.join``): ``on`` names the key in both tables,
+    or ``left_on``/``right_on`` name it in each. Every main-table row is kept (``how: left``;
+    missing values where the other table has no row) unless ``how: inner``."""
+
+    path: str
+    on: str | None = None
+    left_on: str | None = None
+    right_on: str | None = None
+    how: Literal["left", "inner"] = "left"
+    columns: list[str] | None = None  # columns of the joined table to keep (default: all but the key)
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    sep: str | None = None
+
+    @model_validator(mode="after")
+    def _keys(self) -> JoinSpec:
+        if self.on is not None and (self.left_on is not None or self.right_on is not None):
+            raise ValueError("give either on or left_on/right_on")
+        if self.on is None and (self.left_on is None or self.right_on is None):
+            raise ValueError("give the join key: on (same name in both tables) or left_on and right_on")
+        return self
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return (self.on, self.on) if self.on is not None else (self.left_on, self.right_on)
+
+
 class DataConfig(_Open):
     """Where the examples come from. Table keys apply to every table-backed source."""
 
@@ -62,6 +89,14 @@ class DataConfig(_Open):
     split_col: str | None = None
     group_col: str | None = None
     max_categories: int = Field(64, ge=1)
+    join: list[JoinSpec] = Field(default_factory=list)  # one mapping or a list (data/join.py)
+
+    @field_validator("join", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, dict) else ([] if v is None else v)
+        # YAML 1.1 reads an unquoted key `on` as the boolean True
+        return [{("on" if k is True else k): x for k, x in j.items()} if isinstance(j, dict) else j for j in v]
 
     def for_test_file(self) -> DataConfig:
         """The reading keys for ``test_path``: ``test_skip_rows`` replaces ``skip_rows`` when set."""
@@ -110,7 +145,10 @@ class TrainConfig(_Strict):
     log_every: int = Field(20, ge=1)  # steps between training-loss records in metrics.jsonl
     exp_ids: list[int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
     gpus: list[int] = Field(default_factory=list)
-    procs: int = Field(1, ge=1)
+    procs: int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (NCCL only; gloo on CPU keeps per-rank statistics)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for forward passes (fp16 needs CUDA)
+    workers: int = Field(0, ge=0)  # data-loading worker processes per training process
     threads: int | None = Field(None, ge=1)
     progress: bool = True
     deterministic: bool = True

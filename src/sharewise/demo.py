@@ -9,16 +9,23 @@ from typing import Any
 from .config import validate_config
 from .engine.checkpoint import atomic_write_text
 
-DEMO_METHODS = ("independent", "hard")
+DEMO_METHODS = ("independent", "hard", "adashare")
+
+# AdaShare sized so that the search completes its curriculum (3 gated blocks, speed 3: from cycle 6)
+# and anneals the temperature below 1 (48 cycles: τ = 5 · 0.965^48 ≈ 0.90) in a few seconds:
+# 100 warm-up iterations, 48 cycles of 5 weight + 5 policy iterations, 2 sampled architectures
+# re-trained for 300 iterations each (as long as the other methods' 15 epochs).
+ADASHARE_DEMO = {"warm_up_iters": 100, "cycle_iters": [5, 5], "search_cycles": 48, "retrain_total_iters": 300,
+                 "num_archs": 2}
 
 
 def demo_config(method: str, out: Path, seed: int, progress: bool) -> dict[str, Any]:
     return {
         "data": {"source": "digits"},
         "backbone": {"name": "mlp", "width": 64, "depth": 3},
-        "method": {"name": method},
+        "method": {"name": method, **(ADASHARE_DEMO if method == "adashare" else {})},
         "optim": {"lr": 3e-3},
-        "train": {"seed": seed, "epochs": 15, "batch_size": 64, "progress": progress, "threads": 2},
+        "train": {"seed": seed, "epochs": 15, "batch_size": 64, "progress": progress, "threads": 1},
         "output": {"dir": str(out / method), "tensorboard": False},
     }
 

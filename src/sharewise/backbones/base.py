@@ -72,7 +72,9 @@ def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
     if kind == "batch":
         return {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](channels)
     if kind == "group":
-        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        # vectors (dims 0/1) have one value per channel, so a group needs several channels
+        min_per_group = 4 if dims <= 1 else 1
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= min_per_group or g == 1)
         return nn.GroupNorm(groups, channels)
     if kind == "layer":
         return nn.LayerNorm(channels) if dims == 0 else nn.GroupNorm(1, channels)
@@ -101,7 +103,7 @@ def register_backbone(name: str, options: type[BaseModel], description: str, inp
 
 
 def backbones() -> dict[str, BackboneInfo]:
-    from . import mlp, resnet  # noqa: F401  (registration)
+    from . import convnet, mlp, resnet, resnet3d  # noqa: F401  (registration)
 
     return dict(_BACKBONES)
 

@@ -10,6 +10,29 @@ from pathlib import Path
 from .main import config_from_args
 
 
+def launch_if_needed(args: argparse.Namespace) -> int | None:
+    """Several processes asked for (``--procs N`` or several ``--gpus``) and not yet inside a
+    process group: start them (one per device) with this same command line, and return the exit
+    code; ``None`` when this process should do the work itself."""
+    from ..engine import distributed as D
+    from ..errors import ConfigError
+
+    if D.launched_world_size() > 1:
+        return None
+    cfg = config_from_args(args)
+    gpus, procs = cfg.train.gpus, cfg.train.procs
+    if len(gpus) > 1 and procs > 1:
+        raise ConfigError("train.procs: give either several --gpus (one process each) or --procs N on the CPU, not both")
+    n = len(gpus) if len(gpus) > 1 else procs
+    if n <= 1:
+        return None
+    if len(gpus) > 1:
+        from ..engine.device import resolve_device
+
+        resolve_device(gpus)  # a missing GPU id fails here, once, before any process starts
+    return D.launch(args.argv, n, gpus)
+
+
 def _ctx(args: argparse.Namespace, cfg=None):
     from ..api import load_reference
     from ..engine.runner import prepare
@@ -100,7 +123,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise RunDirError(f"{out} exists; use --overwrite to replace it")
     run = Run(args.run_dir)
     data_cfg = run.config.data.model_copy()
-    data_cfg.skip_rows = args.skip_rows if args.skip_rows is not None else data_cfg.skip_rows
+    if args.skip_rows is not None:
+        data_cfg.skip_rows = args.skip_rows
+    elif data_cfg.test_path and Path(args.data).resolve() == Path(data_cfg.test_path).resolve():
+        data_cfg.skip_rows = data_cfg.test_skip_rows if data_cfg.test_skip_rows is not None else data_cfg.skip_rows
     frame = read_table(args.data, data_cfg)
     predictions = run.predict(frame, source=str(args.data))
     suffix = out.suffix.lower()

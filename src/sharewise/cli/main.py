@@ -54,7 +54,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="run seed (train.seed)")
     p.add_argument(*_alias("--exp-name"), dest="exp_name", help="run name: the run directory is runs/<exp-name>")
     p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
-    p.add_argument("--gpus", nargs="*", type=int, metavar="ID", help="GPU ids (default: CPU)")
+    p.add_argument("--gpus", nargs="*", type=int, metavar="ID", help="GPU ids, one process each (default: CPU)")
+    p.add_argument("--procs", type=int, metavar="N", help="CPU processes with the gloo backend (train.procs)")
     p.add_argument("--epochs", type=int, help="shortcut for train.epochs")
     p.add_argument(*_alias("--exp-ids"), dest="exp_ids", nargs="+", metavar="ID",
                    help="candidates to re-train/test (train.exp_ids), e.g. AdaShare architectures 0 1 2 or argmax")
@@ -122,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         put("train.exp_ids", [int(v) if v.isdigit() else v for v in args.exp_ids])
     put("output.exp_name", args.exp_name)
     put("output.dir", args.out)
+    put("train.procs", args.procs)
     if args.gpus is not None:
         put("train.gpus", list(args.gpus))
     if args.no_progress:
@@ -165,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import commands
 
+        if args.command in ("train", "retrain", "test", "run"):
+            args.argv = list(argv) if argv is not None else sys.argv[1:]
+            code = commands.launch_if_needed(args)
+            if code is not None:
+                return code
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except SharewiseError as err:
         if debug:

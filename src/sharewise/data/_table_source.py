@@ -14,7 +14,7 @@ from .table import prepare_table, read_table
 def build_table(cfg: Config, _opts: NoOptions) -> LoadedData:
     path = data_path(cfg.data.path)
     frame = read_table(path, cfg.data)
-    test_frame = read_table(cfg.data.test_path, cfg.data) if cfg.data.test_path else None
+    test_frame = read_table(cfg.data.test_path, cfg.data.for_test_file()) if cfg.data.test_path else None
     data, _, prep = prepare_table(frame, cfg, source=str(path), test_frame=test_frame)
     return LoadedData(data, {"kind": "table", **prep.to_dict()})
 

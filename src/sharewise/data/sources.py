@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..config import Config, TaskSpec, validate_options
+from ..config import Config, DataConfig, TaskSpec, validate_options
 from ..errors import ConfigError, close_matches
 from .base import PerTaskData, SharedInputData
 
@@ -56,12 +56,22 @@ def sources() -> dict[str, SourceInfo]:
 
 def _load_builtin_sources() -> None:
     from . import _table_source  # noqa: F401  (registers table and digits)
+    from . import idx, image_folder, image_table, omniglot  # noqa: F401  (image sources)
+    from . import volume  # noqa: F401  (volumes: NIfTI/.npy + phenotype table)
 
 
 def resolve_source(cfg: Config) -> str:
     if cfg.data.source:
         return cfg.data.source
-    return "table" if cfg.data.path else "digits"
+    if cfg.data.options.get("image_col"):
+        return "image_table"
+    if cfg.data.options.get("volume_pattern") or cfg.data.options.get("volume_col"):
+        return "volumes"
+    if cfg.data.path:
+        from .image_ops import guess_source
+
+        return guess_source(Path(cfg.data.path)) or "table"
+    return "digits"
 
 
 def build_data(cfg: Config) -> LoadedData:
@@ -70,6 +80,12 @@ def build_data(cfg: Config) -> LoadedData:
     if name not in table:
         raise ConfigError(f"data.source: unknown source {name!r}{close_matches(name, table)}; see `sharewise datasets`")
     info = table[name]
+    known = set(DataConfig.model_fields) | set(info.options.model_fields)
+    for key in cfg.data.options:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key 'data.{key}' for data.source {name!r}{close_matches(key, sorted(known))}"
+            )
     opts = validate_options(info.options, cfg.data.options, "data")
     return info.build(cfg, opts)
 

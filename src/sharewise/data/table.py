@@ -9,6 +9,7 @@ training split. Image-path tables and phenotype tables for volumes reuse it.
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,20 +50,26 @@ def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | No
     cfg = cfg or DataConfig()
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data file not found: {p}")
+        where = "" if p.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise DataError(f"data file not found: {p}{where}")
     if p.is_dir():
         raise DataError(f"data path is a directory, not a table file: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty")
     fmt = detect_format(p, fmt or cfg.format)
-    head = p.open("rb").read(4096)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as err:
+        raise DataError(f"{p}: cannot read the file: {err.strerror or err}") from None
     if fmt == "parquet":
         if not head.startswith(b"PAR1"):
             raise DataError(f"{p}: not a Parquet file (no PAR1 magic); is it a CSV with the wrong extension?")
         try:
             frame = pd.read_parquet(p)
         except Exception as err:  # pyarrow raises many types
-            raise DataError(f"{p}: unreadable Parquet file: {str(err).splitlines()[0]}") from None
+            reason = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(err).splitlines()[0])
+            raise DataError(f"{p}: unreadable Parquet file (corrupted or truncated?): {reason}") from None
     else:
         if head.startswith(b"PAR1"):
             raise DataError(f"{p}: looks like a Parquet file, not {fmt.upper()}; rename it to .parquet or set data.format")
@@ -81,11 +88,14 @@ def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | No
     dupes = frame.columns[frame.columns.duplicated()].tolist()
     if dupes:
         raise DataError(f"{p}: duplicate column name(s) {dupes}")
-    frame = frame.apply(lambda c: c.str.strip() if c.dtype == object else c)
+    frame = frame.apply(_strip_text)
     if cfg.na_values:
         frame = frame.replace({v: np.nan for v in cfg.na_values})
         frame = frame.apply(_reinfer_numeric)
     return frame
+
+
+_UNDEFINED_CP1252 = frozenset(b"\x81\x8d\x8f\x90\x9d")
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -99,13 +109,25 @@ def _looks_binary(head: bytes) -> bool:
                 head.decode("latin-1")
             except UnicodeDecodeError:
                 return True
-            control = sum(b < 9 or 13 < b < 32 for b in head)
+            # control bytes, and bytes that no Windows-1252 text contains (C1 controls)
+            control = sum(b < 9 or 13 < b < 32 or b in _UNDEFINED_CP1252 for b in head)
             return control > len(head) * 0.05
     return False
 
 
+def _is_text(col: pd.Series) -> bool:
+    """Object or string dtype (pandas >= 3 reads text columns as ``StringDtype``)."""
+    return col.dtype == object or isinstance(col.dtype, pd.StringDtype)
+
+
+def _strip_text(col: pd.Series) -> pd.Series:
+    if not _is_text(col):
+        return col
+    return col.map(lambda v: v.strip() if isinstance(v, str) else v)
+
+
 def _reinfer_numeric(col: pd.Series) -> pd.Series:
-    if col.dtype != object:
+    if not _is_text(col):
         return col
     conv = pd.to_numeric(col, errors="coerce")
     return conv if conv.notna().sum() == col.notna().sum() and col.notna().any() else col
@@ -170,13 +192,17 @@ class TablePrep:
     feature_encoder: FeatureEncoder | None
     columns: dict[str, str] = field(default_factory=dict)  # task -> source column
     value_map: dict[str, dict[str, Any]] = field(default_factory=dict)
+    join: list[dict[str, Any]] = field(default_factory=list)  # data.join: per joined table, rows matched
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "tasks": [t.to_dict() for t in self.tasks],
             "features": self.feature_encoder.to_dict() if self.feature_encoder else None,
             "columns": self.columns, "value_map": self.value_map,
         }
+        if self.join:
+            out["join"] = self.join
+        return out
 
 
 def check_target_columns(frame: pd.DataFrame, specs: Sequence[TaskSpec], source: str) -> None:
@@ -305,6 +331,13 @@ def prepare_table(
     """
     d = cfg.data
     specs = cfg.tasks
+    joined: list[dict[str, Any]] = []
+    if d.join:
+        from .join import apply_joins
+
+        frame, joined = apply_joins(frame, d.join, source=source)
+        if test_frame is not None:
+            test_frame, _ = apply_joins(test_frame, d.join, source=d.test_path or "test table")
     frames = [frame] if test_frame is None else [frame, test_frame]
     for i, f in enumerate(frames):
         src = source if i == 0 else (d.test_path or "test table")
@@ -343,7 +376,7 @@ def prepare_table(
         splits = split_from_column(full[d.split_col], d.split_col)
     else:
         main_idx = np.flatnonzero(~is_test_row)
-        ratios = list(cfg.split.ratios)
+        ratios = list(cfg.split.ratios or (0.7, 0.15, 0.15))
         names = ("train", "val", "test")
         if test_frame is not None:
             if len(ratios) == 3:
@@ -376,8 +409,9 @@ def prepare_table(
         inputs, spec = None, InputSpec("vector", (0,))
     ids = full[d.id_col].to_numpy() if d.id_col else kept_rows
     data = SharedInputData(tasks, ExampleSet(inputs, targets, masks, np.asarray(ids)), splits, spec,
-                           meta={"source": source, "rows": len(full), "dropped_no_target": dropped})
-    prep = TablePrep(tasks, encoder, {s.name: s.column or s.name for s in specs}, dict(d.value_map))
+                           meta={"source": source, "rows": len(full), "dropped_no_target": dropped,
+                                 **({"join": joined} if joined else {})})
+    prep = TablePrep(tasks, encoder, {s.name: s.column or s.name for s in specs}, dict(d.value_map), joined)
     return data, full, prep
 
 

@@ -70,14 +70,27 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg.train.gpus)
+    if cfg.train.precision == "fp16" and not cfg.train.gpus:
+        raise ConfigError("train.precision: fp16 needs a GPU (--gpus); use bf16 or fp32 on the CPU")
+    D.init_from_env(use_cuda=bool(cfg.train.gpus))
+    device = resolve_device(cfg.train.gpus, D.local_rank())
     loaded = build_data(cfg)
+    if D.is_distributed():  # every split decided once, on rank 0
+        splits = D.broadcast_object(loaded.data.splits)
+        loaded.data.splits = splits
     method_cls = get_method(cfg.method.name)
     options = validate_options(method_cls.Options, cfg.method.options, "method")
     method = method_cls(options, cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, loaded.data.input_spec)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
-    model = method.build(factory, loaded.data.tasks).to(device)
+    model = method.build(factory, loaded.data.tasks)
+    if cfg.train.sync_bn and D.is_distributed():
+        if D.backend() == "nccl":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            warnings.warn("train.sync_bn: SyncBatchNorm needs the NCCL backend (GPUs); with gloo on CPU each "
+                          "process keeps its own BatchNorm statistics")
+    model = model.to(device)
     seed_global(cfg.train.seed)
     return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
 
@@ -112,11 +125,14 @@ def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume:
             f"run directory {run_dir} already holds {', '.join(existing)}; use --resume to continue it, "
             "--overwrite to replace it, or --out/--exp-name for a new one"
         )
+    D.barrier()  # every rank has looked before rank 0 removes anything
     if overwrite and D.is_main():
         for o in existing:
             p = run_dir / o
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if D.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    D.barrier()
 
 
 TRAIN_OUTPUTS = ["checkpoints", "selection.json", "metrics.jsonl", "tensorboard", "split.csv", "data_state.json",
@@ -139,7 +155,7 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
     return Trainer(model, ctx.data, run_dir=ctx.run_dir / directory, seed=cfg.train.seed if seed is None else seed,
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
-                   reference=ctx.reference, log_every=cfg.train.log_every)
+                   reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision)
 
 
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None) -> dict[str, Any]:
@@ -239,14 +255,22 @@ def read_selection(run_dir: Path) -> dict[str, Any]:
 def load_candidate(ctx: RunContext, entry: dict[str, Any]) -> tuple[MultiTaskModel, Candidate]:
     cand = Candidate(**entry)
     model = ctx.method.candidate_model(ctx, cand)
-    model.load_state_dict(load_checkpoint(ctx.run_dir / cand.checkpoint)["model"])
+    path = ctx.run_dir / cand.checkpoint
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except RuntimeError as err:  # another input width, other tasks or classes than at training time
+        detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))[:200]
+        raise RunDirError(f"{path}: the trained model does not fit this data and config ({detail}); "
+                          "use the data and config the run was trained with") from None
     return model, cand
 
 
 def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate every candidate's selected checkpoint on the test split once; write ``results.json``
     from the candidate chosen on validation (with mean ± sd over candidates when there are several)."""
-    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=overwrite, resume=False)
+    # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
+    # a checkpoint that does not load leaves the earlier results in place
+    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
     selection = read_selection(ctx.run_dir)
     entries = selection["candidates"]
     if not entries:

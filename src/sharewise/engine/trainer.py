@@ -8,6 +8,7 @@ with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -30,6 +31,28 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, forward_batch, to_device
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Finite on every rank (a collective, so that all ranks stop together)."""
+    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=value.device)
+    if D.is_distributed():
+        torch.distributed.all_reduce(flag)
+    return flag.item() == 0.0
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """Mean of every rank's gradient, in one flat all-reduce (a missing gradient counts as zero)."""
+    live = [p for p in params if p.requires_grad]
+    if not live:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+    D.all_reduce_mean(flat)
+    offset = 0
+    for p in live:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
 
 
 class Interrupted(Exception):
@@ -63,7 +86,8 @@ class Trainer:
     def __init__(self, model: MultiTaskModel, data: Any, *, run_dir: Path, seed: int, batch_size: int,
                  eval_batch_size: int, device: torch.device, logger: MetricsLogger,
                  checkpoint_every_s: float = 120.0, progress: bool = True,
-                 reference: dict[str, dict[str, float]] | None = None, log_every: int = 20) -> None:
+                 reference: dict[str, dict[str, float]] | None = None, log_every: int = 20,
+                 precision: str = "fp32") -> None:
         self.model = model
         self.data = data
         self.tasks = list(data.tasks)
@@ -77,7 +101,20 @@ class Trainer:
         self.progress = progress and D.is_main()
         self.reference = reference
         self.log_every = log_every
+        self.precision = precision
         self._stop = False
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.ddp = None
+        if D.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -94,6 +131,7 @@ class Trainer:
             "state": dataclasses.asdict(state),
             "phase": phase.name,
             "rng": global_rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
         })
 
     # ------------------------------------------------------------------ one phase
@@ -116,6 +154,8 @@ class Trainer:
                 if s is not None:
                     s.load_state_dict(ck["schedulers"][k])
             state = PhaseState(**ck["state"])
+            if self.scaler and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
             set_global_rng_state(ck["rng"])
             if best_path.exists():
                 best_model_state = load_checkpoint(best_path)["model"]
@@ -130,6 +170,7 @@ class Trainer:
                 self.model.load_state_dict(load_checkpoint(self.run_dir / "checkpoints" / f"{phase.init_from}.pt")["model"])
             if phase.save_init and D.is_main():
                 save_checkpoint(self.run_dir / "checkpoints" / "init.pt", {"model": self.model.state_dict()})
+            D.barrier()
 
         old_handler = signal.getsignal(signal.SIGINT)
         if D.is_main():
@@ -141,6 +182,7 @@ class Trainer:
         state.done = True
         self._finish(phase, best_model_state)
         self._save(last_path, phase, state, optimizers, schedulers)
+        D.barrier()  # rank 0's checkpoints are on disk before any rank reads them
         return self._summary(phase, state)
 
     def _request_stop(self, *_: Any) -> None:
@@ -202,7 +244,7 @@ class Trainer:
                 best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
             self._save(last_path, phase, state, optimizers, schedulers)
             last_save = time.monotonic()
-        if phase.eval_every and state.step % phase.eval_every != 0 and phase.eval_split:
+        if phase.eval_split and state.last_eval_step != state.step and not self._stop:
             best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
         if bar is not None:
             bar.close()
@@ -241,13 +283,19 @@ class Trainer:
         optimizer = optimizers[stretch.optimizer]
         kwargs = stretch.forward_kwargs(state) if stretch.forward_kwargs else {}
         batch = to_device(batch, self.device)
-        outputs = forward_batch(self.model, batch, [t.name for t in self.tasks], kwargs)
+        # DDP synchronises gradients when the step trains every parameter in one forward call;
+        # otherwise (a stretch over some groups, per-task batches) the gradients are averaged by hand.
+        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        use_ddp = self.ddp is not None and not isinstance(batch, dict) and all(
+            id(p) in own for p in self.model.parameters() if p.requires_grad)
+        with self._autocast():
+            outputs = forward_batch(self.ddp if use_ddp else self.model, batch, [t.name for t in self.tasks], kwargs)
         by_name = {t.name: t for t in self.tasks}
         total = torch.zeros((), device=self.device)
         logged = {}
         for t, (out, y, m) in outputs.items():
             task_loss = by_name[t].compute_loss(out.float(), y, m)
-            if not torch.isfinite(task_loss):
+            if not _all_finite(task_loss):
                 raise TrainingError(
                     f"non-finite loss ({task_loss.item()}) in task {t!r}, phase {phase.name!r}, step {state.step + 1}; "
                     f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
@@ -259,18 +307,26 @@ class Trainer:
                 total = total + value
                 logged[f"aux/{name}"] = value.item()
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        (self.scaler.scale(total) if self.scaler else total).backward()
+        if D.is_distributed() and not use_ddp:
+            _average_gradients([p for g in optimizer.param_groups for p in g["params"]])
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         spec = phase.optimizers[stretch.optimizer]
         if spec.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
-        if not torch.isfinite(norm):
+        if self.scaler is None and not _all_finite(norm):  # fp16: the scaler skips such steps itself
             raise TrainingError(
                 f"non-finite gradient in phase {phase.name!r}, step {state.step + 1} (stretch on {stretch.split!r}); "
                 f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
-        optimizer.step()
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
         if schedulers.get(stretch.optimizer) is not None:
             schedulers[stretch.optimizer].step()
         state.step += 1
@@ -295,6 +351,7 @@ class Trainer:
     def _select(self, phase, state, best_model_state, best_path, optimizers, schedulers):
         if not phase.eval_split:
             return best_model_state
+        state.last_eval_step = state.step
         kwargs = phase.eval_kwargs(state) if phase.eval_kwargs else {}
         val = evaluate(self.model, self.data, phase.eval_split, self.tasks, batch_size=self.eval_batch_size,
                        device=self.device, forward_kwargs=kwargs)

@@ -85,6 +85,7 @@ class PhaseState:
     best_score: float | None = None
     best_cycle: int | None = None
     bad_evals: int = 0
+    last_eval_step: int = -1
     task_best: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # method state (temperature, curriculum...)
     done: bool = False
@@ -152,6 +153,7 @@ class Candidate:
     val: dict[str, dict[str, float]] = field(default_factory=dict)
     score: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    exp_id: int | str | None = None  # the id ``--exp-ids`` selects it by (AdaShare: architecture id)
 
 
 class Method(abc.ABC):
@@ -167,6 +169,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # Stages run by separate commands: ``sharewise train`` runs the first, ``sharewise retrain`` a
+    # ``retrain`` stage (AdaShare: search, then re-training); ``sharewise run`` runs them all.
+    stages: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, options: BaseModel, cfg: Config) -> None:
         self.options = options
@@ -181,13 +186,15 @@ class Method(abc.ABC):
         """The phases that train ``model`` (run in order by the engine)."""
 
     def train_candidates(self, ctx: Any, run_phases: Callable[..., list[dict[str, Any]]], *,
-                         resume: bool = False) -> tuple[list[Candidate], list[dict[str, Any]]]:
+                         resume: bool = False, stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Train and return the candidates and the phase summaries.
 
-        ``run_phases(model, phases, directory=".", resume=False)`` runs phases on a model with
-        checkpoints under ``<run>/<directory>/checkpoints`` and leaves the selected state in
-        ``model``; ``ctx`` is the engine's run context (``cfg``, ``data``, ``tasks``, ``model``,
-        ``backbone_factory``).
+        ``run_phases(model, phases, directory=".", resume=False, seed=None)`` runs phases on a
+        model with checkpoints (and, in a sub-directory, ``metrics.jsonl``) under
+        ``<run>/<directory>/`` and leaves the selected state in ``model``; ``seed`` replaces the
+        run seed for the phases' data order. ``ctx`` is the engine's run context (``cfg``,
+        ``data``, ``tasks``, ``model``, ``backbone_factory``, ``run_dir``). ``stage`` is one of
+        :attr:`stages` (None: all); a stage that ends before any candidate returns none.
         """
         steps = ctx.data.num_batches("train", ctx.cfg.train.batch_size)
         phases = self.phases(ctx.model, steps)
@@ -201,6 +208,10 @@ class Method(abc.ABC):
     def candidate_forward_kwargs(self, candidate: Candidate) -> dict[str, Any]:
         """Extra ``forward`` arguments for evaluating a candidate (none by default)."""
         return {}
+
+    def on_selection(self, ctx: Any, selection: dict[str, Any]) -> None:
+        """Called once the engine has chosen among the candidates (``selection.json``'s content),
+        e.g. to record the choice in the method's own artefacts. Nothing by default."""
 
     @classmethod
     def report_sections(cls, run_dir: Any, plots_dir: Any) -> list[str]:
@@ -227,7 +238,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def methods() -> dict[str, type[Method]]:
-    from . import hard, independent  # noqa: F401  (registration)
+    from . import adashare, hard, independent  # noqa: F401  (registration)
 
     return dict(sorted(_METHODS.items()))
 

@@ -24,7 +24,8 @@ def _results(run: Path) -> dict:
 def write_comparison(runs: list[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     results = {str(r): _results(r) for r in runs}
-    labels = {k: f"{v['method']} ({Path(k).name})" for k, v in results.items()}
+    labels = {k: v["method"] if Path(k).name == v["method"] else f"{v['method']} ({Path(k).name})"
+              for k, v in results.items()}
     tasks = list(next(iter(results.values()))["tasks"])
     lines = ["# Comparison", "", "Test metrics of each run's validation-selected model.", "",
              "| task | metric | " + " | ".join(labels.values()) + " |", "|---|---|" + "---|" * len(runs)]

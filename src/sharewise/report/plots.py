@@ -80,6 +80,7 @@ def accuracy_vs_cost(points: list[dict[str, Any]], out: Path) -> Path:
         ax.scatter(p["flops"], p["value"], s=50)
         ax.annotate(p["label"], (p["flops"], p["value"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("FLOPs for all tasks, one example (log)")
     ax.set_ylabel(points[0]["metric"] if points else "")
     ax.set_title("accuracy against cost", fontsize=12)

@@ -1,0 +1,110 @@
+"""Volume-loading throughput with and without the cache of preprocessed volumes.
+
+Three stores over the same subjects and preprocessing (``configs/adashare/ixi.yaml`` by default:
+IXI T1 NIfTI, Otsu-masked z-score, resized to 48³):
+
+- ``none``: every access reads the ``.nii.gz`` file, applies the scale factors, reorients,
+  normalises and resizes (what an epoch costs without a cache, and the first epoch with one);
+- ``memory``: the in-memory cache, warmed by one pass (every later epoch of a run);
+- ``disk``: the on-disk cache (one ``.npy`` per volume), warmed by one pass, read through a fresh
+  store as a later run would.
+
+Each repetition times one pass over the subjects in batches (volumes per second) for every
+condition, in an order rotated from one repetition to the next (alternating, so that a slow spell
+of a shared machine does not fall on one condition); the table reports the median over the
+repetitions and the ratios of the medians, all measured in this one run.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/volume_loading.py [--subjects 48] [--reps 5] [--threads 1]
+
+Prints a table and writes ``benchmarks/results/volume_loading.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharewise.config import load_config
+from sharewise.data import build_data
+
+RESULTS = Path(__file__).resolve().parent / "results" / "volume_loading.json"
+CONDITIONS = ("none", "memory", "disk")
+
+
+def build_store(config: str, cache: str, cache_dir: str, extra: list[str]):
+    overrides = [f"data.cache={cache}", *extra]
+    if cache == "disk":
+        overrides.append(f"data.cache_dir={cache_dir}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_data(load_config(config, overrides)).data.examples
+
+
+def one_pass(examples, index: np.ndarray, batch: int) -> float:
+    """Volumes per second for one pass over ``index``."""
+    start = time.perf_counter()
+    for k in range(0, len(index), batch):
+        x = examples.get_inputs(index[k:k + batch])
+        assert torch.isfinite(x[:, :, ::8, ::8, ::8]).all()
+    return len(index) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/adashare/ixi.yaml")
+    parser.add_argument("--subjects", type=int, default=48, help="volumes per pass (the first ones of the table)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="sharewise-volume-cache-") as cache_dir:
+        stores = {c: build_store(args.config, c, cache_dir, args.overrides) for c in CONDITIONS}
+        index = np.arange(min(args.subjects, len(stores["none"])))
+        warm = {c: one_pass(stores[c], index, args.batch) for c in ("memory", "disk")}  # fill both caches
+        stores["disk"] = build_store(args.config, "disk", cache_dir, args.overrides)  # a later run's store
+        rates: dict[str, list[float]] = {c: [] for c in CONDITIONS}
+        for rep in range(args.reps):
+            order = CONDITIONS[rep % 3:] + CONDITIONS[:rep % 3]
+            for c in order:
+                rates[c].append(one_pass(stores[c], index, args.batch))
+        reads = {c: stores[c].inputs.cache.reads for c in CONDITIONS}
+    median = {c: statistics.median(rates[c]) for c in CONDITIONS}
+    shape = list(stores["none"].inputs.shape)
+    result = {
+        "date": dt.date.today().isoformat(), "config": args.config, "overrides": args.overrides,
+        "subjects": len(index), "batch": args.batch, "reps": args.reps, "threads": args.threads,
+        "volume_shape": shape, "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                           "torch": torch.__version__},
+        "volumes_per_s": {c: {"median": median[c], "all": rates[c]} for c in CONDITIONS},
+        "ratio_vs_none": {c: median[c] / median["none"] for c in CONDITIONS},
+        "warm_up_pass_volumes_per_s": warm,
+        "decodes_during_timed_passes": {c: reads[c] - (len(index) if c == "memory" else 0) for c in CONDITIONS},
+    }
+    print(f"{len(index)} volumes → {shape}, batches of {args.batch}, {args.reps} alternating repetitions, "
+          f"{args.threads} thread(s)")
+    print(f"{'cache':<8} {'volumes/s (median)':>19} {'min':>8} {'max':>8} {'× none':>8}")
+    for c in CONDITIONS:
+        print(f"{c:<8} {median[c]:>19.1f} {min(rates[c]):>8.1f} {max(rates[c]):>8.1f} {result['ratio_vs_none'][c]:>8.1f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

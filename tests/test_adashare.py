@@ -1,0 +1,371 @@
+"""AdaShare: properties of the gating, the policy mathematics (spec adashare.md §15) and the
+train → retrain → test workflow on the built-in digits set (tiny sizes, seconds)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sharewise.backbones import backbone_factory
+from sharewise.cli.main import main
+from sharewise.config import validate_config
+from sharewise.data.base import InputSpec
+from sharewise.errors import ConfigError, RunDirError
+from sharewise.methods import _adashare_policy as P
+from sharewise.methods.adashare import AdaShare, AdaShareArchitecture, AdaShareNet, RemovedBlock, load_matching
+from sharewise.seeding import stream_seed
+from sharewise.tasks import Task
+
+TASKS = [Task("a", "categorical", classes=[0, 1, 2]), Task("b", "numerical"), Task("c", "categorical", classes=[0, 1])]
+BACKBONES = [
+    ("mlp", InputSpec("vector", (6,)), {"widths": [8, 12, 12]}),  # block 1 has a projection shortcut
+    ("resnet2d", InputSpec("image", (2, 8, 8)), {"widths": [4, 8], "blocks": [2, 1]}),
+    ("convnet", InputSpec("image", (1, 12, 12)), {"widths": [4, 4, 8]}),  # plain blocks, pooling shortcuts
+]
+
+
+def _net(name, spec, opts, **kw):
+    torch.manual_seed(0)
+    factory = backbone_factory(name, opts, spec)
+    return AdaShareNet(factory(), TASKS, **kw), factory
+
+
+def _fixed_forward(net, x, decisions):
+    """The fixed architecture a binary policy encodes, written out by hand."""
+    out = {}
+    for i, t in enumerate(net.task_names):
+        h = net.backbone.stem(x)
+        for block, u in zip(net.backbone.blocks, decisions[i]):
+            h = block(h) if u else block.shortcut(h)
+        out[t] = net.heads[t](net.backbone.pool(h))
+    return out
+
+
+@pytest.mark.parametrize("name,spec,opts", BACKBONES)
+def test_one_hot_policy_equals_the_fixed_architecture(name, spec, opts):
+    net, factory = _net(name, spec, opts)
+    net.eval()
+    x = torch.randn(5, *spec.shape)
+    decisions = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 0]], dtype=torch.bool)
+    got = net(x, policy=P.decisions_to_policy(decisions))
+    want = _fixed_forward(net, x, decisions)
+    arch = AdaShareArchitecture(factory(), TASKS, {t: decisions[i].tolist() for i, t in enumerate(net.task_names)})
+    load_matching(arch, net.state_dict(), "test")
+    arch.eval()
+    pruned = arch(x)
+    assert arch.removed == [1]
+    for t in net.task_names:
+        torch.testing.assert_close(got[t], want[t], rtol=0, atol=1e-6)
+        torch.testing.assert_close(pruned[t], want[t], rtol=0, atol=1e-6)
+        torch.testing.assert_close(arch(x, tasks=[t])[t], want[t], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,spec,opts", BACKBONES)
+def test_all_execute_equals_the_plain_backbone(name, spec, opts):
+    net, _ = _net(name, spec, opts)
+    net.eval()
+    x = torch.randn(4, *spec.shape)
+    ones = P.decisions_to_policy(torch.ones(3, net.num_gated, dtype=torch.bool))
+    gated, plain = net(x, policy=ones), net(x)
+    for t in net.task_names:
+        torch.testing.assert_close(gated[t], net.heads[t](net.backbone(x)), rtol=0, atol=0)
+        torch.testing.assert_close(plain[t], gated[t], rtol=0, atol=0)
+
+
+def test_residual_is_added_once_in_every_gated_block():
+    net, _ = _net(*BACKBONES[1])
+    net.eval()
+    h = net.backbone.stem(torch.randn(2, 2, 8, 8))
+    for block in net.backbone.blocks:
+        torch.testing.assert_close(block(h), block.act(block.shortcut(h) + block.residual(h)))
+        h = block(h)
+    with pytest.raises(ConfigError, match="shortcut"):
+        bad = backbone_factory("mlp", {"width": 4, "depth": 1}, InputSpec("vector", (4,)))()
+        bad.blocks[0] = torch.nn.Linear(4, 4)
+        AdaShareNet(bad, TASKS)
+
+
+def test_skipped_block_gets_zero_gradient_under_a_hard_policy():
+    net, _ = _net(*BACKBONES[0])
+    with torch.no_grad():
+        net.policy.logits.zero_()
+        net.policy.logits[:, 1, 1] = 50.0  # every task skips block 1
+        net.policy.logits[:, [0, 2], 0] = 50.0  # and executes the others
+    g = torch.Generator().manual_seed(3)
+    policy = P.sample_policy(net.policy.logits, 1.0, net.num_gated, g, hard=True)
+    assert set(policy.detach().unique().tolist()) <= {0.0, 1.0}  # exact 0/1 values
+    out = net(torch.randn(6, 6), policy=policy)
+    sum(o.pow(2).sum() for o in out.values()).backward()
+    skipped = net.backbone.blocks[1]
+    for n, p in skipped.named_parameters():
+        if not n.startswith("shortcut"):
+            assert p.grad is not None and torch.count_nonzero(p.grad) == 0, n
+    assert any(torch.count_nonzero(p.grad) for p in net.backbone.blocks[0].parameters())
+    assert torch.count_nonzero(net.policy.logits.grad) > 0  # straight-through gradient reaches the logits
+
+
+def test_curriculum_padding_rows_are_exact_and_get_no_task_or_sparsity_gradient():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 2, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    policy = P.sample_policy(logits, 5.0, 2, g)
+    assert torch.equal(policy[:, :2].detach(), torch.tensor([1.0, 0.0]).expand(3, 2, 2))
+    assert not torch.equal(policy[:, 2:].detach(), torch.tensor([1.0, 0.0]).expand(3, 2, 2))
+    task_like = (policy * torch.randn(3, 4, 2)).sum()
+    (task_like + P.sparsity_loss(logits, 2)).backward()
+    assert torch.count_nonzero(logits.grad[:, :2]) == 0 and torch.count_nonzero(logits.grad[:, 2:]) > 0
+    # the sharing term covers every block (§6.3) unless curriculum_freeze_logits detaches them
+    net, _ = _net(*BACKBONES[0])
+    with torch.no_grad():
+        net.policy.logits.copy_(torch.randn(3, 3, 2))
+    net.aux_losses(window=1, sharing_weight=1.0)["sharing"].backward()
+    assert torch.count_nonzero(net.policy.logits.grad[:, :2]) > 0
+    net.policy.logits.grad = None
+    net.aux_losses(window=1, sharing_weight=1.0, freeze_below_window=True)["sharing"].backward()
+    assert torch.count_nonzero(net.policy.logits.grad[:, :2]) == 0
+
+
+def _hand_logits():
+    ln3 = math.log(3.0)
+    # p_exec: task 0 = (0.5, 0.75), task 1 = (0.75, 0.25)
+    return torch.tensor([[[0.0, 0.0], [ln3, 0.0]], [[ln3, 0.0], [0.0, ln3]]], dtype=torch.float64)
+
+
+def test_sparsity_losses_on_hand_computed_logits():
+    phi = _hand_logits()
+    ln2, ln43 = math.log(2.0), math.log(4.0 / 3.0)
+    assert P.sparsity_loss(phi, 2).item() == pytest.approx(1.5 * ln2 + (2 * ln2 + ln43) / 2)
+    assert P.sparsity_loss(phi, 1).item() == pytest.approx(2 * ln2 + ln43)  # top block only
+    assert P.sparsity_loss(phi, 2, depth_weights=True).item() == pytest.approx(2.5 * ln2 + ln2 + ln43)
+    assert P.sparsity_loss(phi, 2, "log_exec").item() == pytest.approx(
+        math.log(0.5) + 2 * math.log(0.75) + math.log(0.25))
+    assert P.sparsity_loss(phi, 1, "log_exec").item() == pytest.approx(math.log(0.75) + math.log(0.25))
+
+
+def test_sharing_losses_on_hand_computed_logits():
+    phi = _hand_logits()
+    ln3 = math.log(3.0)
+    # paper: weights (L − l)/L = 1, 1/2 on |Δp| = 0.25, 0.5
+    assert P.sharing_loss(phi, "paper").item() == pytest.approx(1.0 * 0.25 + 0.5 * 0.5)
+    # reference: weights (l + 1)/L = 1/2, 1 on |ΔΦ[.,.,0]| = ln 3, ln 3; weight 1 without depth weights
+    assert P.sharing_loss(phi, "reference").item() == pytest.approx(1.5 * ln3)
+    assert P.sharing_loss(phi, "reference", depth_weights=False).item() == pytest.approx(2 * ln3)
+    # the reference form ignores column 1: equal execute logits, different probabilities, no penalty
+    quirk = torch.tensor([[[0.0, 0.0]], [[0.0, 5.0]]])
+    assert P.sharing_loss(quirk, "reference").item() == 0.0 and P.sharing_loss(quirk, "paper").item() > 0.4
+    # three tasks (0, 1, 0 again): a sum over the unordered pairs (0,1) + (0,2) + (1,2); one task: 0
+    three = torch.cat([phi, phi[:1]])
+    assert P.sharing_loss(three).item() == pytest.approx(0.5 + 0.0 + 0.5)
+    assert P.sharing_loss(phi[:1]).item() == 0.0
+
+
+def test_temperature_schedule_and_window_formula():
+    for e in (0, 1, 21, 45, 60, 100):
+        assert P.temperature(e) == pytest.approx(5 * 0.965 ** e)
+    assert P.temperature(21) == pytest.approx(2.37, abs=0.01) and P.temperature(60) == pytest.approx(0.59, abs=0.01)
+    assert P.temperature(200, min_temp=0.1) == 0.1
+    for L, speed in ((8, 3), (16, 3), (5, 1)):
+        for e in range(60):
+            assert P.window_size(e, L, speed) == min(L, e // speed + 1)
+        assert P.curriculum_complete_cycle(L, speed) == (L - 1) * speed
+        assert P.window_size(P.curriculum_complete_cycle(L, speed), L, speed) == L
+        assert P.window_size(P.curriculum_complete_cycle(L, speed) - 1, L, speed) == L - 1
+    assert P.window_size(0, 8, 3, curriculum=False) == 8
+    assert P.curriculum_complete_cycle(8, 3) == 21 and P.curriculum_complete_cycle(16, 3) == 45
+
+
+def test_init_modes():
+    assert torch.equal(P.exec_prob(P.init_logits(2, 3, "equal")), torch.full((2, 3), 0.5))
+    assert P.init_logits(2, 3, "random").abs().max() < 1e-2
+    assert P.exec_prob(P.init_logits(2, 3, "all_chosen", -10.0)).min() > 0.9999
+
+
+def test_same_seed_same_architecture_and_argmax_ties_execute():
+    probs = torch.rand(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = P.sample_decisions(probs, 123), P.sample_decisions(probs, 123)
+    assert torch.equal(a, b)
+    assert any(not torch.equal(a, P.sample_decisions(probs, s)) for s in range(1, 5))
+    tie = P.exec_prob(torch.full((2, 3, 2), 0.7))
+    assert torch.equal(tie, torch.full((2, 3), 0.5))
+    assert P.argmax_decisions(tie).all()
+    assert P.argmax_decisions(torch.tensor([[0.4999, 0.5001]])).tolist() == [[False, True]]
+
+
+def test_method_architectures_record_their_seed():
+    cfg = validate_config({"method": {"name": "adashare", "arch_seeds": [11, 12]}, "train": {"seed": 5}})
+    method = AdaShare(AdaShare.Options.model_validate(cfg.method.options), cfg)
+    search = {"tasks": ["a", "b"], "blocks": ["block0", "block1", "block2"],
+              "exec_prob": {"a": [0.5, 0.0, 0.9], "b": [0.5, 0.0, 0.1]}}
+    first, again = method.architecture(1, search), method.architecture(1, search)
+    assert first == again and first["seed"] == 12 and first["kind"] == "sampled"
+    assert first["removed_blocks"] == ["block1"] and first["num_removed"] == 1
+    arg = method.architecture("argmax", search)
+    assert arg["policy"] == {"a": [1, 0, 1], "b": [1, 0, 0]} and arg["kind"] == "argmax"
+    with pytest.raises(ConfigError, match="arch_seeds"):
+        method.arch_seed(2)
+    cfg = validate_config({"method": {"name": "adashare"}, "train": {"seed": 5, "exp_ids": [0, "argmax", "3"]}})
+    method = AdaShare(AdaShare.Options(), cfg)
+    assert method.arch_seed(3) == stream_seed(5, "arch_sample", 3)
+    assert method.exp_ids() == [0, "argmax", 3]
+
+
+def test_removed_block_owns_no_parameters():
+    _, factory = _net(*BACKBONES[0])
+    full = AdaShareArchitecture(factory(), TASKS, {t: [1, 1, 1] for t in "abc"})
+    pruned = AdaShareArchitecture(factory(), TASKS, {"a": [1, 0, 0], "b": [0, 0, 1], "c": [1, 0, 1]})
+    assert pruned.removed == [1] and isinstance(pruned.backbone.blocks[1], RemovedBlock)
+    removed = full.backbone.blocks[1]
+    residual = sum(p.numel() for n, p in removed.named_parameters() if not n.startswith("shortcut"))
+    total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert total(pruned) == total(full) - residual
+    assert [n for n, _ in pruned.backbone.blocks[1].named_parameters()] == ["shortcut.weight"]  # projection stays
+    assert pruned(torch.randn(3, 6))["b"].shape == (3, 1)
+
+
+def test_gumbel_noise_is_reproducible_per_step():
+    logits = torch.zeros(2, 3, 2)
+
+    def draw(step):
+        g = torch.Generator().manual_seed(stream_seed(0, "gumbel", step))
+        return P.sample_policy(logits, 1.0, 3, g)
+
+    assert torch.equal(draw(7), draw(7)) and not torch.equal(draw(7), draw(8))
+
+
+def test_sizing_warnings():
+    cfg = validate_config({"method": {"name": "adashare"}})
+    method = AdaShare(AdaShare.Options(search_cycles=10), cfg)
+    problems = method.check_sizing(method.plan(20, 10, 10), num_blocks=8)
+    assert any("never completes" in p for p in problems) and any("temperature ends" in p for p in problems)
+    method = AdaShare(AdaShare.Options(search_cycles=50), cfg)
+    assert method.check_sizing(method.plan(20, 10, 10), num_blocks=3) == []
+    from sharewise.config import validate_options
+
+    with pytest.raises(ConfigError, match="cycle_iters"):
+        validate_options(AdaShare.Options, {"cycle_iters": [3]}, "method")
+    with pytest.raises(ConfigError, match="method.sparsity_form"):
+        validate_options(AdaShare.Options, {"sparsity_form": "l1"}, "method")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+TINY = ["--no-progress", "--set", "train.threads=1", "--set", "backbone.width=16", "--set", "backbone.depth=2",
+        "--set", "method.search_cycles=4", "--set", "method.cycle_iters=[2,2]", "--set", "method.warm_up_iters=4",
+        "--set", "method.retrain_total_iters=6", "--set", "train.eval_every=6", "--set", "output.tensorboard=false",
+        "--set", "method.curriculum_speed=1"]
+
+
+def test_run_end_to_end_on_digits(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--method", "adashare", "--out", str(out), "--exp-ids", "0", "1", "argmax", *TINY]) == 0
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["tasks"] == ["digit", "parity", "large", "value"] and policy["blocks"] == ["block0", "block1"]
+    assert policy["curriculum_complete"] and policy["window"] == 2
+    assert policy["temperature"] == pytest.approx(5 * 0.965 ** policy["cycle"])
+    assert [h["temperature"] for h in policy["history"]] == pytest.approx([5 * 0.965 ** e for e in range(1, 5)])
+    for t in policy["tasks"]:
+        assert policy["exec_prob"][t] == pytest.approx(P.exec_prob(torch.tensor(policy["logits"][t])).tolist())
+    archs = {a["name"]: a for a in policy["architectures"]}
+    assert set(archs) == {"arch_0", "arch_1", "arch_argmax"}
+    assert sum(a["selected"] for a in archs.values()) == 1 and all(a["val_score"] is not None for a in archs.values())
+    assert archs["arch_0"]["seed"] == stream_seed(0, "arch_sample", 0) and archs["arch_argmax"]["kind"] == "argmax"
+    for name in archs:
+        assert (out / name / "checkpoints" / "retrain" / "best.pt").exists()
+    assert (out / "checkpoints" / "init.pt").exists() and (out / "checkpoints" / "search" / "best.pt").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["candidates"]["n"] == 3 and results["selection"]["selected"] in archs
+    assert {"mean", "sd", "n"} <= set(results["candidates"]["mean_sd"]["digit"]["accuracy"])
+    report = (out / "report.md").read_text()
+    assert "## AdaShare" in report
+    for png in ("adashare_exec_prob", "adashare_architecture", "adashare_sharing", "adashare_exec_prob_history",
+                "adashare_curves"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000, png
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("aux/sparsity" in r and "aux/sharing" in r for r in records if r["phase"] == "search")
+
+
+def _tensors(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_train_retrain_test_workflow_and_noop_resume(tmp_path, capsys):
+    out = tmp_path / "wf"
+    common = ["--method", "adashare", "--out", str(out), "--cat-target", "digit", "--num-target", "value", *TINY]
+    assert main(["train", *common]) == 0
+    assert not any(out.glob("arch_*")) and json.loads((out / "selection.json").read_text())["candidates"] == []
+    assert main(["test", *common]) == 2 and "sharewise retrain" in capsys.readouterr().err
+    before = {p.name: _tensors(p) for p in (out / "checkpoints" / "search").glob("*.pt")}
+    n_records = len((out / "metrics.jsonl").read_text().splitlines())
+    policy = json.loads((out / "policy.json").read_text())
+    assert main(["train", *common, "--resume"]) == 0  # a finished search: nothing to do
+    for name, state in before.items():
+        after = _tensors(out / "checkpoints" / "search" / name)
+        assert all(torch.equal(state[k], after[k]) for k in state)
+    new = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()[n_records:]]
+    assert all(r.get("event") == "resumed" or "split" not in r or r["split"] != "train" for r in new)
+    assert json.loads((out / "policy.json").read_text())["logits"] == policy["logits"]
+    assert main(["retrain", *common, "--exp_ids", "0", "2"]) == 0
+    assert main(["retrain", *common, "--exp-ids", "0"]) == 2  # its outputs exist
+    assert main(["retrain", *common, "--exp-ids", "1"]) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    assert sorted(c["name"] for c in sel["candidates"]) == ["arch_0", "arch_1", "arch_2"]
+    assert main(["test", *common, "--exp-ids", "0", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["candidates"]["n"] == 2 and res["selection"]["selected"] in ("arch_0", "arch_1")
+    archs = json.loads((out / "policy.json").read_text())["architectures"]
+    assert [a["exp_id"] for a in archs] == [0, 2, 1] and sum(a["selected"] for a in archs) == 1
+
+
+def test_single_task_adashare_has_no_sharing_loss(tmp_path):
+    out = tmp_path / "one"
+    assert main(["train", "--method", "adashare", "--out", str(out), "--cat-target", "parity", *TINY]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    search = [r for r in records if r.get("phase") == "search" and r.get("split") == "train"]
+    assert search and all("aux/sharing" not in r for r in search) and any("aux/sparsity" in r for r in search)
+
+
+def test_killed_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
+    from sharewise.engine import trainer as trainer_mod
+    from sharewise.engine.runner import prepare, train
+
+    def cfg(out):
+        return validate_config({
+            "method": {"name": "adashare", "search_cycles": 4, "cycle_iters": [2, 2], "warm_up_iters": 3,
+                       "init_method": "random", "curriculum_freeze_logits": True, "curriculum_speed": 3},
+            "backbone": {"width": 16, "depth": 3}, "tasks": [{"name": "digit", "kind": "categorical"},
+                                                            {"name": "large", "kind": "categorical"}],
+            "train": {"threads": 1, "progress": False}, "output": {"dir": str(out), "tensorboard": False}})
+
+    ref = train(prepare(cfg(tmp_path / "ref")), stage="train")
+    original = trainer_mod.Trainer._optimizer_step
+
+    def stop_mid_search(self, phase, stretch, state, *a, **k):
+        out = original(self, phase, stretch, state, *a, **k)
+        if phase.name == "search" and state.step == 7:
+            self._stop = True
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", stop_mid_search)
+    with pytest.raises(trainer_mod.Interrupted):
+        train(prepare(cfg(tmp_path / "killed")), stage="train")
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original)
+    resumed = train(prepare(cfg(tmp_path / "killed")), stage="train", resume=True)
+    a = _tensors(tmp_path / "ref" / "checkpoints" / "search" / "last.pt")
+    b = _tensors(tmp_path / "killed" / "checkpoints" / "search" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ref["phases"][-1]["steps"] == resumed["phases"][-1]["steps"] == 16
+    # with curriculum_freeze_logits, blocks below the window (speed 3: only the top block in
+    # cycles 0-2, two blocks in cycle 3) keep their initial logits exactly, weight decay included
+    init = _tensors(tmp_path / "ref" / "checkpoints" / "init.pt")["policy.logits"]
+    assert torch.equal(a["policy.logits"][:, 0], init[:, 0]) and not torch.equal(a["policy.logits"][:, 2], init[:, 2])
+
+
+def test_retrain_needs_a_finished_search_and_other_methods_have_no_retrain(tmp_path, capsys):
+    assert main(["retrain", "--method", "adashare", "--out", str(tmp_path / "none"), *TINY]) == 2
+    assert "sharewise train" in capsys.readouterr().err
+    assert main(["retrain", "--method", "hard", "--out", str(tmp_path / "h"), "--no-progress"]) == 2
+    with pytest.raises(RunDirError):
+        from sharewise.engine.runner import prepare, retrain
+
+        retrain(prepare(validate_config({"method": {"name": "adashare"}, "output": {"dir": str(tmp_path / "x")}})))

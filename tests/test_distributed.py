@@ -1,0 +1,73 @@
+"""Two CPU processes with gloo: the same numbers as one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sharewise.engine.checkpoint import load_checkpoint
+
+COMMON = ["--no-progress", "--set", "train.threads=1", "--set", "backbone.norm=group", "--set", "backbone.width=32",
+          "--set", "backbone.depth=2", "--set", "train.max_steps=30", "--set", "train.epochs=1",
+          "--set", "output.tensorboard=false", "--set", "optim.lr=0.003"]
+
+
+def _run(out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    res = subprocess.run([sys.executable, "-m", "sharewise", "run", "--out", str(out), *COMMON, *extra],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    one = _run(tmp_path / "one", "--set", "train.batch_size=16")
+    two = _run(tmp_path / "two", "--procs", "2", "--set", "train.batch_size=8")
+    for task, entry in one["tasks"].items():
+        for metric in ("loss", entry["primary_metric"]):
+            assert two["tasks"][task]["test"][metric] == pytest.approx(entry["test"][metric], rel=1e-3, abs=1e-4)
+        assert two["tasks"][task]["test"]["n"] == entry["test"]["n"]  # every test example exactly once
+    w1 = load_checkpoint(tmp_path / "one/checkpoints/train/last.pt")["model"]
+    w2 = load_checkpoint(tmp_path / "two/checkpoints/train/last.pt")["model"]
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
+    assert not list((tmp_path / "two").glob("*.rank1*"))
+
+
+def test_killed_two_process_run_resumes(tmp_path):
+    """SIGKILL the whole 2-process group mid-run, resume with --resume: the same results."""
+    import signal
+    import time
+
+    flags = ["--procs", "2", "--set", "train.batch_size=8", "--set", "train.checkpoint_every_s=0.0001",
+             "--set", "train.log_every=1"]
+    ref = _run(tmp_path / "ref", *flags)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sharewise", "run", "--out", str(out), *COMMON, *flags], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+
+    def last_step():
+        path = out / "metrics.jsonl"
+        steps = [0]
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    steps.append(json.loads(line).get("step", 0))
+                except json.JSONDecodeError:
+                    pass
+        return max(steps)
+
+    while last_step() < 15 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    res = _run(out, *flags, "--resume")
+    for task, entry in ref["tasks"].items():
+        assert res["tasks"][task]["test"] == pytest.approx(entry["test"], rel=1e-6)
