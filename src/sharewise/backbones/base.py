@@ -56,21 +56,29 @@ class Backbone(nn.Module):
 
 def apply_block(block: nn.Module, h: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     """``gate`` None: F(x). Otherwise ``gate[..., 0] · F(x) + gate[..., 1] · S(x)``, where the
-    gate is (2,) for the whole batch or (B, 2) per example; an exact 0/1 weight as a Python
-    decision is left to the caller (tree execution skips the computation instead)."""
+    gate is (2,) for the whole batch or (B, 2) per example.
+
+    For a residual :class:`Block` the shortcut is computed once and shared by both branches,
+    ``s = S(x); F(x) = act(s + G(x))`` (the residual still added exactly once), so a projection
+    costs one pass, as in the reference's count; other blocks compute F and S separately."""
     if gate is None:
         return block(h)
     exec_w, skip_w = gate[..., 0], gate[..., 1]
     if exec_w.dim() == 1:
         view = (-1,) + (1,) * (h.dim() - 1)
         exec_w, skip_w = exec_w.view(view), skip_w.view(view)
+    if isinstance(block, Block) and type(block).forward is Block.forward:
+        s = block.shortcut(h)
+        return exec_w * block.act(s + block.residual(h)) + skip_w * s
     return exec_w * block(h) + skip_w * block.shortcut(h)
 
 
 def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
     """Normalisation by name for 1-D features (dims=0), images (2) or volumes (3)."""
     if kind == "batch":
-        return {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](channels)
+        from .norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d
+
+        return {0: TaskBatchNorm1d, 1: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims](channels)
     if kind == "group":
         # vectors (dims 0/1) have one value per channel, so a group needs several channels
         min_per_group = 4 if dims <= 1 else 1

@@ -142,6 +142,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..errors import RunDirError
+    from ..export import export_run
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise RunDirError(f"{out} exists; use --overwrite to replace it")
+    info = export_run(args.run_dir, out, program=not args.no_program)
+    print(f"sharewise: exported {info['parameters']} parameters ({info['bytes']} bytes) -> {out}"
+          + (f"; torch.export program -> {info['program']}" if info["program"] else ""))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_comparison, write_report
 

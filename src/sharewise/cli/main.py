@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
     "predict": "apply a finished run's selected model to new rows of a table",
     "report": "regenerate a run's report.md; with several runs, write one comparison",
+    "export": "write a finished run's selected model as one compact file (+ a torch.export program)",
     "methods": "list the available methods",
     "datasets": "list the built-in datasets and the supported file formats",
 }
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lines to skip before the data (default: the run's data.skip_rows)")
     pred.add_argument("--overwrite", action="store_true")
     pred.add_argument("--debug", action="store_true")
+    exp = sub.add_parser("export", help=COMMANDS["export"], description=COMMANDS["export"])
+    exp.add_argument("run_dir", metavar="RUN", help="a finished run directory")
+    exp.add_argument("--out", "-o", required=True, help="the model file (e.g. model.pt)")
+    exp.add_argument("--no-program", "--no_program", dest="no_program", action="store_true",
+                     help="skip the torch.export program")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.add_argument("--debug", action="store_true")
     rep = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
     rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     rep.add_argument("--out", "-o", help="directory for the comparison (several runs; default: comparison/ next to the first run)")

@@ -1,0 +1,115 @@
+"""Fast execution of gated backbones: batched search steps and tree execution of fixed policies.
+
+Both replace *how* a gated backbone is computed, never *what* it computes (AdaShare §10):
+
+- :func:`batched_gated_features`: a soft or hard policy over T tasks. The blocks that every task
+  executes with the padding row (1, 0) are computed once on the shared input; from the first
+  gated block on, the activations of all tasks are one ``(T·B, ...)`` tensor and each block runs
+  once on it, with per-task gate weights. Task-aware BatchNorm (``backbones.norm``) keeps batch
+  and running statistics per task exactly as T separate passes would.
+- :func:`tree_features`: binary decisions per task. Two tasks have identical activations after
+  block l iff their decisions agree on blocks 0..l, so the computation is a prefix tree: every
+  distinct prefix is computed once (forward and, through autograd, backward) and a skipped block
+  costs only its shortcut (nothing for an identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .backbones.base import apply_block
+from .backbones.norm import repeated_passes, supports_task_groups, task_groups
+
+PADDING_ROW = (1.0, 0.0)
+
+
+def loop_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor,
+                        pool: nn.Module) -> list[torch.Tensor]:
+    """The reference semantics: one pass over the blocks per task. ``policy``: (T, L, 2)."""
+    out = []
+    for row in policy:
+        h = h0
+        for block, gate in zip(blocks, row):
+            h = apply_block(block, h, gate)
+        out.append(pool(h))
+    return out
+
+
+def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor, pool: nn.Module,
+                           shared_blocks: int = 0) -> list[torch.Tensor]:
+    """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
+
+    ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
+    (the part below AdaShare's curriculum window); they are computed once.
+    """
+    num_tasks, num_blocks = policy.shape[0], policy.shape[1]
+    batch = h0.shape[0]
+    pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
+    h = h0
+    for index in range(shared_blocks):
+        with repeated_passes(num_tasks):
+            h = apply_block(blocks[index], h, pad)
+    if shared_blocks == num_blocks:
+        features = pool(h)
+        return [features] * num_tasks
+    stacked = h.repeat(num_tasks, *([1] * (h.dim() - 1)))  # (T·B, ...), task-major
+    for index in range(shared_blocks, num_blocks):
+        gates = policy[:, index].repeat_interleave(batch, dim=0)  # (T·B, 2)
+        with task_groups(num_tasks):
+            stacked = apply_block(blocks[index], stacked, gates)
+    return list(pool(stacked).chunk(num_tasks, dim=0))
+
+
+def can_batch(module: nn.Module) -> bool:
+    """Batched search needs every BatchNorm to be task-aware (built by ``make_norm``)."""
+    return supports_task_groups(module)
+
+
+def tree_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict[str, Sequence[int]],
+                  pool: nn.Module, tasks: Sequence[str] | None = None,
+                  counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Pooled features per task for binary ``decisions[task][l]`` (1 execute, 0 skip).
+
+    Walks level by level with tasks grouped by their prefix; ``counts`` (optional) receives the
+    number of block evaluations (``F``), non-identity shortcut evaluations (``S``) and leaves.
+    """
+    names = list(tasks if tasks is not None else decisions)
+    groups: list[tuple[list[str], torch.Tensor]] = [(names, h0)]
+    for index, block in enumerate(blocks):
+        nxt = []
+        for members, h in groups:
+            execute = [t for t in members if decisions[t][index]]
+            skip = [t for t in members if not decisions[t][index]]
+            if execute:
+                nxt.append((execute, block(h)))
+                if counts is not None:
+                    counts["F"] = counts.get("F", 0) + 1
+            if skip:
+                shortcut = block.shortcut
+                nxt.append((skip, shortcut(h)))
+                if counts is not None and not isinstance(shortcut, nn.Identity):
+                    counts["S"] = counts.get("S", 0) + 1
+        groups = nxt
+    out = {}
+    for members, h in groups:
+        features = pool(h)
+        for t in members:
+            out[t] = features
+    if counts is not None:
+        counts["leaves"] = len(groups)
+    return out
+
+
+def distinct_prefixes(decisions: dict[str, Sequence[int]], tasks: Sequence[str] | None = None) -> dict[str, int]:
+    """Trie nodes by kind: prefixes ending in an execute (``F``) and in a skip (``skip``)."""
+    names = list(tasks if tasks is not None else decisions)
+    num_blocks = len(next(iter(decisions.values())))
+    execute, skip = set(), set()
+    for t in names:
+        d = tuple(int(u) for u in decisions[t])
+        for index in range(num_blocks):
+            (execute if d[index] else skip).add(d[:index + 1])
+    return {"F": len(execute), "skip": len(skip)}

@@ -1,0 +1,121 @@
+"""Batched search equals the per-task loop; tree execution equals per-task execution."""
+
+import itertools
+
+import pytest
+import torch
+
+from sharewise.backbones import backbone_factory
+from sharewise.data.base import InputSpec
+from sharewise.execution import (batched_gated_features, distinct_prefixes, loop_gated_features,
+                                 tree_features)
+
+SPECS = {
+    "mlp": (InputSpec("vector", (12,)), {"widths": [16, 16, 24, 24], "norm": "batch"}),
+    "resnet2d": (InputSpec("image", (3, 10, 10)), {"widths": [4, 8], "blocks": [2, 2], "norm": "batch"}),
+}
+
+
+def _pair(name):
+    spec, opts = SPECS[name]
+    torch.manual_seed(0)
+    a = backbone_factory(name, opts, spec)()
+    b = backbone_factory(name, opts, spec)()
+    b.load_state_dict(a.state_dict())
+    return spec, a, b
+
+
+def _soft_policy(T, L, shared, generator):
+    logits = torch.randn(T, L, 2, generator=generator, requires_grad=True)
+    soft = torch.softmax(logits, -1)
+    pad = torch.tensor([1.0, 0.0]).expand(T, shared, 2)
+    return logits, torch.cat([pad, soft[:, shared:]], dim=1)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("shared", [0, 2])
+@pytest.mark.parametrize("hard", [False, True])
+def test_batched_equals_loop_outputs_gradients_and_running_stats(name, shared, hard):
+    spec, net_a, net_b = _pair(name)
+    g = torch.Generator().manual_seed(1)
+    T, B = 3, 5
+    x = torch.randn(B, *spec.shape, generator=g)
+    L = net_a.num_blocks
+    logits_a, policy_a = _soft_policy(T, L, shared, torch.Generator().manual_seed(2))
+    logits_b, policy_b = _soft_policy(T, L, shared, torch.Generator().manual_seed(2))
+    if hard:  # straight-through: exact 0/1 forward, soft gradients
+        def st(p):
+            h = torch.nn.functional.one_hot(p.argmax(-1), 2).to(p.dtype)
+            return h + p - p.detach()
+        policy_a, policy_b = st(policy_a), st(policy_b)
+    weights = torch.randn(T, net_a.out_features, generator=g)
+    loop = loop_gated_features(net_a.blocks, net_a.stem(x), policy_a, net_a.pool)
+    batched = batched_gated_features(net_b.blocks, net_b.stem(x), policy_b, net_b.pool, shared_blocks=shared)
+    for fa, fb in zip(loop, batched):
+        assert torch.allclose(fa, fb, atol=1e-5)
+    loss_a = sum((f * w).sum() for f, w in zip(loop, weights))
+    loss_b = sum((f * w).sum() for f, w in zip(batched, weights))
+    assert torch.allclose(loss_a, loss_b, atol=1e-4)
+    loss_a.backward()
+    loss_b.backward()
+    assert torch.allclose(logits_a.grad, logits_b.grad, atol=1e-4)
+    for (n, pa), pb in zip(net_a.named_parameters(), net_b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-4), n
+    for (n, ba), bb in zip(net_a.named_buffers(), net_b.buffers()):
+        assert torch.allclose(ba.float(), bb.float(), atol=1e-6), n  # running mean/var, batches tracked
+
+
+def _policies(T, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    random = {f"t{i}": tuple(int(v) for v in torch.randint(0, 2, (L,), generator=g)) for i in range(T)}
+    return {
+        "random": random,
+        "all_execute": {f"t{i}": (1,) * L for i in range(T)},
+        "all_skip": {f"t{i}": (0,) * L for i in range(T)},
+        "disjoint": {f"t{i}": tuple(int(l % T == i) for l in range(L)) for i in range(T)},
+    }
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("kind", ["random", "all_execute", "all_skip", "disjoint"])
+def test_tree_equals_per_task_execution(name, kind):
+    spec, net_a, net_b = _pair(name)
+    net_a.eval(), net_b.eval()  # fixed statistics: per-task and tree passes see the same normalisation
+    T = 4
+    decisions = _policies(T, net_a.num_blocks, seed=3)[kind]
+    x = torch.randn(6, *spec.shape, generator=torch.Generator().manual_seed(4))
+    per_task = {}
+    for t, d in decisions.items():
+        h = net_a.stem(x)
+        for block, u in zip(net_a.blocks, d):
+            h = block(h) if u else block.shortcut(h)
+        per_task[t] = net_a.pool(h)
+    counts = {}
+    tree = tree_features(net_b.blocks, net_b.stem(x), decisions, net_b.pool, counts=counts)
+    w = {t: torch.randn(net_a.out_features, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(decisions)}
+    for t in decisions:
+        assert torch.allclose(per_task[t], tree[t], atol=1e-5)
+    sum((per_task[t] * w[t]).sum() for t in decisions).backward()
+    sum((tree[t] * w[t]).sum() for t in decisions).backward()
+    for (n, pa), pb in zip(net_a.named_parameters(), net_b.parameters()):
+        ga = pa.grad if pa.grad is not None else torch.zeros_like(pa)
+        gb = pb.grad if pb.grad is not None else torch.zeros_like(pb)
+        assert torch.allclose(ga, gb, atol=1e-4), n
+    expected = distinct_prefixes(decisions)
+    assert counts.get("F", 0) == expected["F"]  # every distinct executed prefix computed exactly once
+    projections = sum(1 for (l, b) in enumerate(net_b.blocks) if not isinstance(b.shortcut, torch.nn.Identity))
+    assert counts.get("S", 0) <= expected["skip"] and counts["leaves"] == len(set(decisions.values()))
+    if kind == "all_execute":
+        assert counts["F"] == net_a.num_blocks and counts.get("S", 0) == 0
+    if kind == "all_skip":
+        assert counts.get("F", 0) == 0 and counts.get("S", 0) == projections
+
+
+def test_tree_skipped_block_gets_no_gradient():
+    spec, net, _ = _pair("mlp")
+    decisions = {"a": (1, 0, 1, 1), "b": (1, 0, 0, 1)}
+    x = torch.randn(4, *spec.shape)
+    out = tree_features(net.blocks, net.stem(x), decisions, net.pool)
+    sum(f.sum() for f in out.values()).backward()
+    assert all(p.grad is None for p in net.blocks[1].parameters())
+    assert all(p.grad is not None for p in net.blocks[0].parameters())
