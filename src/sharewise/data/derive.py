@@ -164,7 +164,8 @@ def evaluate_expression(text: str, frame: pd.DataFrame, key: str) -> pd.Series:
     return out
 
 
-def add_derived_columns(frame: pd.DataFrame, derived: Mapping[str, str], key: str = "data.derived_tasks") -> pd.DataFrame:
+def add_derived_columns(frame: pd.DataFrame, derived: Mapping[str, str],
+                        key: str = "data.derived_tasks") -> pd.DataFrame:
     """``frame`` with one new column per derived task (names must not clash with existing columns)."""
     if not derived:
         return frame

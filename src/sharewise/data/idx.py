@@ -32,7 +32,6 @@ import gzip
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,8 +139,9 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3:
+        hint = " (is it a labels file?)" if images.ndim == 1 else ""
         raise DataError(f"{images_path}: expected a 3-d IDX array of images (N x H x W), found "
-                        f"{images.ndim}-d {list(images.shape)}" + (" (is it a labels file?)" if images.ndim == 1 else ""))
+                        f"{images.ndim}-d {list(images.shape)}{hint}")
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: expected a 1-d IDX array of labels, found {labels.ndim}-d {list(labels.shape)}"
                         + (" (is it an images file?)" if labels.ndim == 3 else ""))

@@ -43,7 +43,9 @@ def list_folder(root: Path, extensions: list[str]) -> pd.DataFrame:
     split_layout = all(p.name.lower() in SPLIT_ALIASES for p in top)
     rows = []
     for first in top:
-        class_dirs = sorted(p for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")) if split_layout else [first]
+        class_dirs = [first]
+        if split_layout:
+            class_dirs = sorted(p for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
         for cdir in class_dirs:
             for f in _images_under(cdir, ext):
                 row = {"id": f.relative_to(root).as_posix(), "label": cdir.name, "path": str(f)}

@@ -67,7 +67,8 @@ class ImageOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     image_size: int | tuple[int, int] | None = None  # (height, width); default: the files' own size
-    resample: Literal["area", "bilinear", "bicubic", "nearest", "lanczos"] | None = None  # default: area down, bilinear up
+    # default: area when shrinking, bilinear when enlarging
+    resample: Literal["area", "bilinear", "bicubic", "nearest", "lanczos"] | None = None
     color: Literal["auto", "grey", "rgb"] = "auto"  # auto: grey when the first image is grey, else rgb
     invert: bool = False  # x -> 1 - x (Omniglot: strokes become 1)
     normalize: Literal["train", "none"] = "train"  # per-channel (x - mean) / std, statistics of the training split
@@ -219,8 +220,8 @@ class ImageFiles:
             img.load()
             return pil_to_array(img, spec)
         except Exception as err:
-            raise DataError(f"{self.name(i)}: cannot decode the image ({type(err).__name__}: {err}); "
-                            "set data.skip_bad_images: true with data.verify_images: decode to skip such files") from None
+            raise DataError(f"{self.name(i)}: cannot decode the image ({type(err).__name__}: {err}); set "
+                            "data.skip_bad_images: true with data.verify_images: decode to skip such files") from None
 
     def identity(self) -> list[Any]:
         """What the disk cache key depends on: each file's (path, size, mtime), each archive's."""
@@ -562,7 +563,8 @@ def guess_source(path: Path) -> str | None:
     if path.is_dir():
         if find_idx_files(path, required=False).get("train_images"):
             return "idx"
-        if any((path / s).exists() or (path / f"{s}.zip").exists() for s in OMNIGLOT_SETS) or path.name in OMNIGLOT_SETS:
+        if path.name in OMNIGLOT_SETS or any((path / s).exists() or (path / f"{s}.zip").exists()
+                                             for s in OMNIGLOT_SETS):
             return "omniglot"
         return "image_folder" if any(p.is_dir() for p in path.iterdir()) else None
     name = path.name.lower()

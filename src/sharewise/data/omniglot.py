@@ -19,11 +19,12 @@ zip of the same set). ``data.path`` is the folder holding them, or one zip or se
 - ``background`` / ``evaluation``: the 30 or 20 alphabets of one set, alphabetically.
 
 Splits are per character: its drawings (20, checked: ``drawings_per_character``) are sorted by
-drawer, shuffled by a generator seeded with the run seed, the alphabet's index among the sorted alphabet
-names (the 50 official ones and any other found) and the character's index, and cut by ``split.ratios``; the default here is
-**50/20/30** = 10/4/6 drawings (spec §7.2); the TAAN experiment sets 0.8/0.1/0.1 = 16/2/2. No
-drawing is in two splits. Pixels: grey, ``invert: true`` by default (strokes 1, background 0,
-spec §7.2); ``invert: false`` keeps the files' values (background 1, TAAN spec §6).
+drawer, shuffled by a generator seeded with the run seed, the alphabet's index among the sorted
+alphabet names (the 50 official ones and any other found) and the character's index, and cut by
+``split.ratios``; the default here is **50/20/30** = 10/4/6 drawings (spec §7.2); the TAAN
+experiment sets 0.8/0.1/0.1 = 16/2/2. No drawing is in two splits. Pixels: grey, ``invert: true``
+by default (strokes 1, background 0, spec §7.2); ``invert: false`` keeps the files' values
+(background 1, TAAN spec §6).
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def build_omniglot(cfg: Config, opts: OmniglotOptions) -> LoadedData:
         task_splits = {name: np.flatnonzero(assign == k) for k, name in enumerate(("train", "val", "test"))}
         for name, r in zip(("train", "val", "test"), ratios):
             if r > 0 and len(task_splits[name]) == 0:
-                raise ConfigError(f"split.ratios: the {name} split of {alphabet!r} would be empty (ratios {list(ratios)})")
+                raise ConfigError(f"split.ratios: the {name} split of {alphabet!r} would be empty "
+                                  f"(ratios {list(ratios)})")
         task_splits.update(carve_train(task_splits["train"], seed, 1 - cfg.split.train2_fraction))
         splits[alphabet] = task_splits
         per_task_rows[alphabet] = (rows, labels, ids)
@@ -254,7 +256,8 @@ def build_omniglot(cfg: Config, opts: OmniglotOptions) -> LoadedData:
         examples[alphabet] = ExampleSet(ImageStore(decoded, rows, pixels), {alphabet: torch.from_numpy(labels)},
                                         {alphabet: torch.ones(len(rows), dtype=torch.bool)}, ids, transform=augment)
     source = ", ".join(str(sets[s]) for s in sorted(sets))
-    meta = {"source": f"omniglot ({source})", "alphabets": alphabets, "images": int(sum(len(r[0]) for r in per_task_rows.values())),
+    meta = {"source": f"omniglot ({source})", "alphabets": alphabets,
+            "images": int(sum(len(r[0]) for r in per_task_rows.values())),
             "characters": int(sum(len(c) for c in classes.values())), "ratios": list(ratios)}
     state = {"kind": "images", "source": "omniglot", "sets": {k: str(v) for k, v in sets.items()},
              "alphabets": alphabets, "tasks": [t.to_dict() for t in tasks],
