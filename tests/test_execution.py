@@ -119,3 +119,61 @@ def test_tree_skipped_block_gets_no_gradient():
     sum(f.sum() for f in out.values()).backward()
     assert all(p.grad is None for p in net.blocks[1].parameters())
     assert all(p.grad is not None for p in net.blocks[0].parameters())
+
+
+# ----------------------------------------------------------------- on the AdaShare models
+
+from sharewise.methods import _adashare_policy as P  # noqa: E402
+from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet  # noqa: E402
+from sharewise.tasks import Task  # noqa: E402
+
+TASKS = [Task("a", "categorical", classes=[0, 1, 2]), Task("b", "numerical"), Task("c", "categorical", classes=[0, 1]),
+         Task("d", "categorical", classes=[0, 1])]
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("hard", [False, True])
+def test_adashare_search_step_batched_equals_loop(name, hard):
+    """Outputs, losses, gradients of weights and policy logits, and BatchNorm statistics."""
+    spec, opts = SPECS[name]
+    nets = []
+    for execution in ("loop", "batched"):
+        torch.manual_seed(0)
+        nets.append(AdaShareNet(backbone_factory(name, opts, spec)(), TASKS, execution=execution))
+    assert [n.execution for n in nets] == ["loop", "batched"]
+    x = torch.randn(6, *spec.shape, generator=torch.Generator().manual_seed(5))
+    targets = {"a": torch.tensor([0, 1, 2, 0, 1, 2]), "b": torch.randn(6), "c": torch.tensor([0, 1, 0, 1, 1, 0]),
+               "d": torch.tensor([1, 1, 0, 0, 1, 0])}
+    mask = torch.ones(6, dtype=torch.bool)
+    L = nets[0].num_gated
+    window = L - 1
+    losses = []
+    for net in nets:
+        policy = P.sample_policy(net.policy.logits, 2.0, window, torch.Generator().manual_seed(7), hard)
+        out = net(x, policy=policy, shared_blocks=L - window)
+        loss = sum(t.compute_loss(out[t.name], targets[t.name], mask) for t in TASKS)
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    assert torch.allclose(nets[0].policy.logits.grad, nets[1].policy.logits.grad, atol=1e-5)
+    for (n, pa), pb in zip(nets[0].named_parameters(), nets[1].parameters()):
+        if pa.grad is not None or pb.grad is not None:
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-4), n
+    for (n, ba), bb in zip(nets[0].named_buffers(), nets[1].buffers()):
+        assert torch.allclose(ba.float(), bb.float(), atol=1e-6), n
+
+
+def test_adashare_architecture_runs_as_a_tree():
+    spec, opts = SPECS["mlp"]
+    torch.manual_seed(0)
+    decisions = {"a": (1, 1, 0, 1), "b": (1, 1, 0, 0), "c": (0, 1, 1, 1), "d": (1, 1, 0, 1)}
+    arch = AdaShareArchitecture(backbone_factory("mlp", opts, spec)(), TASKS, decisions).eval()
+    calls = []
+    for i, block in enumerate(arch.backbone.blocks):
+        block.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    x = torch.randn(3, *spec.shape)
+    out = arch(x)
+    # distinct executed prefixes: 1, 11, 110->(skip), 1101; 0, 01, 011, 0111 -> blocks evaluated 6 times
+    assert len(calls) == distinct_prefixes(decisions)["F"] == 6
+    for t, d in decisions.items():  # each task alone equals its own path
+        assert torch.allclose(arch(x, tasks=[t])[t], out[t], atol=1e-6)

@@ -36,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from ..execution import batched_gated_features, can_batch, loop_gated_features, tree_features
 from ..errors import ConfigError, RunDirError
 from ..seeding import seed_global, stream_seed
 from ..tasks import Task
@@ -87,6 +88,9 @@ class AdaShareOptions(BaseModel):
     extract: Literal["sampled", "argmax"] = "sampled"
     arch_seeds: list[int] | None = Field(None, description="explicit seed per exp_id (default derived from the run seed)")
     retrain_from: Literal["init", "scratch", "search"] = "init"
+    # execution (§10): how the search network is computed, never what it computes
+    execution: Literal["batched", "loop"] = Field(
+        "batched", description="batched: task dimension folded into the batch (equal to the loop); loop: one pass per task")
 
     @field_validator("cycle_iters")
     @classmethod
@@ -120,13 +124,6 @@ def _check_blocks(backbone: nn.Module) -> None:
                               "AdaShare needs blocks whose forward is the whole F(x) and a separate shortcut")
 
 
-def _run_block(block: nn.Module, h: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    """``gate[0] · F(h) + gate[1] · S(h)`` for a whole-batch gate (2,), or F(h) without a gate."""
-    if gate is None:
-        return block(h)
-    return gate[0] * block(h) + gate[1] * block.shortcut(h)
-
-
 class AdaShareNet(MultiTaskModel):
     """The search network: backbone blocks gated per task by a policy given to ``forward``.
 
@@ -137,9 +134,11 @@ class AdaShareNet(MultiTaskModel):
     """
 
     def __init__(self, backbone: nn.Module, tasks: list[Task], *, skip_layer: int = 0, init_method: str = "equal",
-                 init_neg_logits: float = -10.0) -> None:
+                 init_neg_logits: float = -10.0, execution: str = "batched") -> None:
         super().__init__()
         _check_blocks(backbone)
+        # batched execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
+        self.execution = "batched" if execution == "batched" and can_batch(backbone) else "loop"
         if skip_layer >= len(backbone.blocks):
             raise ConfigError(f"method.skip_layer: {skip_layer} leaves no gated block (the backbone has "
                               f"{len(backbone.blocks)} blocks)")
@@ -165,7 +164,9 @@ class AdaShareNet(MultiTaskModel):
         return h
 
     def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None, policy: torch.Tensor | None = None,
-                **_: Any) -> dict[str, torch.Tensor]:
+                shared_blocks: int = 0, **_: Any) -> dict[str, torch.Tensor]:
+        """``shared_blocks``: lowest gated blocks whose rows are the padding row (1, 0) for every
+        task (below the curriculum window); batched execution computes them once (§10.1)."""
         names = list(tasks or self.task_names)
         h0 = self._trunk(x)
         gated = self.backbone.blocks[self.skip_layer:]
@@ -175,14 +176,12 @@ class AdaShareNet(MultiTaskModel):
                 h = block(h)
             features = self.backbone.pool(h)
             return {t: self.heads[t](features) for t in names}
-        out = {}
-        for t in names:
-            row = policy[self._task_index[t]]  # (L, 2)
-            h = h0
-            for index, block in enumerate(gated):
-                h = _run_block(block, h, row[index])
-            out[t] = self.heads[t](self.backbone.pool(h))
-        return out
+        rows = policy[[self._task_index[t] for t in names]]  # (tasks asked, L, 2)
+        if self.execution == "batched":  # v_exec · F(h) + v_skip · S(h), all tasks in one pass
+            features = batched_gated_features(gated, h0, rows, self.backbone.pool, shared_blocks)
+        else:
+            features = loop_gated_features(gated, h0, rows, self.backbone.pool)
+        return {t: self.heads[t](f) for t, f in zip(names, features)}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"backbone": list(self.backbone.parameters()), "heads": list(self.heads.parameters()),
@@ -227,8 +226,8 @@ class AdaShareArchitecture(MultiTaskModel):
     """A re-trained architecture: a fixed binary policy; blocks skipped by every task removed.
 
     ``decisions[task]`` lists 1 (execute) / 0 (skip) per gated block. A skipped block runs
-    only its shortcut (nothing for an identity), an executed one the whole ``F_l``; every task
-    is executed separately after the shared stem (tree execution is a later optimisation).
+    only its shortcut (nothing for an identity), an executed one the whole ``F_l``; tasks are
+    computed as a prefix tree (§10.2), so a block several tasks execute on the same input runs once.
     State-dict names match :class:`AdaShareNet`'s, so its checkpoints load into this model.
     """
 
@@ -243,9 +242,9 @@ class AdaShareArchitecture(MultiTaskModel):
             if t.name not in decisions or len(decisions[t.name]) != num_gated:
                 raise ValueError(f"architecture: task {t.name!r} needs {num_gated} decisions")
         self.decisions = {t.name: tuple(int(bool(u)) for u in decisions[t.name]) for t in self.tasks}
-        self.removed = [l for l in range(num_gated) if not any(self.decisions[t][l] for t in self.decisions)]
-        for l in self.removed:
-            backbone.blocks[skip_layer + l] = RemovedBlock(backbone.blocks[skip_layer + l].shortcut)
+        self.removed = [j for j in range(num_gated) if not any(self.decisions[t][j] for t in self.decisions)]
+        for j in self.removed:
+            backbone.blocks[skip_layer + j] = RemovedBlock(backbone.blocks[skip_layer + j].shortcut)
         self.backbone = backbone
         self.heads = TaskHeads(backbone.out_features, tasks)
 
@@ -253,14 +252,9 @@ class AdaShareArchitecture(MultiTaskModel):
         h0 = self.backbone.stem(x)
         for block in self.backbone.blocks[:self.skip_layer]:
             h0 = block(h0)
-        gated = self.backbone.blocks[self.skip_layer:]
-        out = {}
-        for t in tasks or self.task_names:
-            h = h0
-            for block, u in zip(gated, self.decisions[t]):
-                h = block(h) if u else block.shortcut(h)
-            out[t] = self.heads[t](self.backbone.pool(h))
-        return out
+        names = list(tasks or self.task_names)
+        features = tree_features(self.backbone.blocks[self.skip_layer:], h0, self.decisions, self.backbone.pool, names)
+        return {t: self.heads[t](features[t]) for t in names}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"backbone": list(self.backbone.parameters()), "heads": list(self.heads.parameters())}
@@ -318,7 +312,7 @@ class AdaShare(Method):
     def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> AdaShareNet:
         o = self.options
         return AdaShareNet(backbone_factory(), tasks, skip_layer=o.skip_layer, init_method=o.init_method,
-                           init_neg_logits=o.init_neg_logits)
+                           init_neg_logits=o.init_neg_logits, execution=o.execution)
 
     # ------------------------------------------------------------------ sizing
 
@@ -399,13 +393,13 @@ class AdaShare(Method):
 
         def weight_kwargs(state: PhaseState) -> dict[str, Any]:
             with torch.no_grad():
-                return {"policy": sampled(state)}
+                return {"policy": sampled(state), "shared_blocks": L - window(state.cycle)}
 
         def policy_kwargs(state: PhaseState) -> dict[str, Any]:
             n = window(state.cycle)
             if o.curriculum_freeze_logits and n < L:
                 self._frozen_rows = (L - n, logits.detach()[:, :L - n].clone())
-            return {"policy": sampled(state)}
+            return {"policy": sampled(state), "shared_blocks": L - window(state.cycle)}
 
         def aux_kwargs(state: PhaseState) -> dict[str, Any]:
             return {"window": window(state.cycle),
@@ -478,6 +472,7 @@ class AdaShare(Method):
                          stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         self._plan = self._plan_for(ctx)
         summaries: list[dict[str, Any]] = []
+        search = None
         if stage in (None, "train"):
             phases = self.phases(ctx.model, self._plan.steps_per_epoch)
             summaries += run_phases(ctx.model, phases, resume=resume)
@@ -485,7 +480,7 @@ class AdaShare(Method):
             self._write_policy(ctx.run_dir, search, None)
             if stage == "train":
                 return [], summaries
-        search = self.search_result(ctx)
+        search = search or self.search_result(ctx)
         candidates = []
         for exp_id in self.exp_ids():
             arch = self.architecture(exp_id, search)
