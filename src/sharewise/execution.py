@@ -103,6 +103,18 @@ def tree_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict
     return out
 
 
+def per_task_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict[str, Sequence[int]],
+                      pool: nn.Module, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The reference's way: one pass over the blocks per task (skipped blocks run their shortcut)."""
+    out = {}
+    for t in (tasks if tasks is not None else decisions):
+        h = h0
+        for block, u in zip(blocks, decisions[t]):
+            h = block(h) if u else block.shortcut(h)
+        out[t] = pool(h)
+    return out
+
+
 def distinct_prefixes(decisions: dict[str, Sequence[int]], tasks: Sequence[str] | None = None) -> dict[str, int]:
     """Trie nodes by kind: prefixes ending in an execute (``F``) and in a skip (``skip``)."""
     names = list(tasks if tasks is not None else decisions)

@@ -44,9 +44,10 @@ def repeated_passes(num_tasks: int) -> Iterator[None]:
 
 
 class _TaskAware:
-    """Per-task normalisation in one fused call: the T groups become T·C channels of one
-    ``F.batch_norm``; the running statistics then take the closed form of T sequential updates,
-    ``r_T = (1−m)^T r_0 + m Σ_k (1−m)^{T−k} μ_k`` (unbiased variance likewise), §10.1."""
+    """Task groups: each chunk goes through the native BatchNorm in task order (its own batch
+    statistics, running statistics updated chunk after chunk, as T separate passes do). Repeated
+    passes over one input: one native call with momentum ``1 − (1 − m)^T``, which is the closed
+    form of T identical updates, ``r_T = (1−m)^T r_0 + (1 − (1−m)^T) μ`` (§10.1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         plain = super().forward
@@ -54,42 +55,19 @@ class _TaskAware:
         if mode is None or not self.training or mode[1] <= 1:
             return plain(x)
         kind, n = mode
-        if self.momentum is None:  # cumulative averages: no closed form, run the passes one by one
-            if kind == "repeat":
-                for _ in range(n - 1):
-                    plain(x)
-                return plain(x)
+        if kind == "groups":
+            if x.shape[0] % n:
+                raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
             return torch.cat([plain(chunk) for chunk in x.chunk(n, dim=0)], dim=0)
-        if kind == "repeat":
-            return self._normalise(x.unsqueeze(0), repeats=n).squeeze(0)
-        if x.shape[0] % n:
-            raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
-        return self._normalise(x.reshape(n, x.shape[0] // n, *x.shape[1:]), repeats=1).reshape(x.shape)
-
-    def _normalise(self, groups: torch.Tensor, repeats: int) -> torch.Tensor:
-        """``groups``: (G, B, C, ...), each group normalised with its own batch statistics."""
-        g, b, c = groups.shape[:3]
-        rest = groups.shape[3:]
-        merged = groups.transpose(0, 1).reshape(b, g * c, *rest)
-        weight = self.weight.repeat(g) if self.affine else None
-        bias = self.bias.repeat(g) if self.affine else None
-        out = F.batch_norm(merged, None, None, weight, bias, True, 0.0, self.eps)
-        if self.track_running_stats:
-            with torch.no_grad():
-                dims = [0, *range(2, merged.dim())]
-                mean = merged.mean(dims).view(g, c)
-                var = merged.var(dims, unbiased=True).view(g, c)
-                if repeats > 1:
-                    mean, var = mean.expand(repeats, c), var.expand(repeats, c)
-                steps = mean.shape[0]
-                m = float(self.momentum)
-                decay = torch.tensor([(1 - m) ** (steps - 1 - k) for k in range(steps)], dtype=mean.dtype,
-                                     device=mean.device)[:, None]
-                keep = (1 - m) ** steps
-                self.running_mean.mul_(keep).add_((m * decay * mean).sum(0).to(self.running_mean.dtype))
-                self.running_var.mul_(keep).add_((m * decay * var).sum(0).to(self.running_var.dtype))
-                self.num_batches_tracked.add_(steps)
-        return out.reshape(b, g, c, *rest).transpose(0, 1)
+        if self.momentum is None or not self.track_running_stats:  # cumulative averages: no closed form
+            for _ in range(n - 1):
+                plain(x)
+            return plain(x)
+        self._check_input_dim(x)
+        momentum = 1.0 - (1.0 - self.momentum) ** n
+        out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps)
+        self.num_batches_tracked.add_(n)
+        return out
 
 
 class TaskBatchNorm1d(_TaskAware, nn.BatchNorm1d):

@@ -1,0 +1,243 @@
+"""AdaShare's fast paths against the per-task loop, measured as ratios in one run.
+
+- Search step (forward + backward + the weight step + the policy step): batched vs loop, at the
+  first curriculum window (only the top block sampled) and at the full window.
+- Re-training step (forward + backward + Adam step) and inference: tree vs per-task passes for
+  stated policies (random, learned on the demo, all-shared, disjoint), next to their limit, the
+  FLOP ratio Σ_t FLOPs(task t alone) / FLOPs(tree).
+- Memory: bytes saved for backward (CPU; the activations a step keeps) and, on a GPU, the peak
+  allocated memory.
+
+Variants alternate A B A B after a warm-up; medians and min–max over repetitions are reported.
+
+    python benchmarks/adashare_speed.py [--threads 2] [--reps 15] [--device cpu|cuda] [--out benchmarks/results/adashare_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sharewise.backbones import backbone_factory
+from sharewise.cost import count_flops
+from sharewise.data.base import InputSpec
+from sharewise.execution import per_task_features
+from sharewise.methods import _adashare_policy as P
+from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet
+from sharewise.tasks import Task
+
+BACKBONES = {
+    "mlp": (InputSpec("vector", (64,)), {"width": 128, "depth": 6}, 64),
+    "resnet": (InputSpec("image", (3, 16, 16)), {"widths": [16, 32], "blocks": [2, 2]}, 32),
+}
+BACKBONE_NAME = {"mlp": "mlp", "resnet": "resnet2d"}
+
+
+def _tasks(n: int) -> list[Task]:
+    return [Task(f"t{i}", "categorical", classes=list(range(10))) for i in range(n)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _saved_bytes(fn) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def _peak_cuda(fn, device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def compare(variants: dict, reps: int, device) -> dict:
+    """Alternate the variants, after two warm-up rounds; medians and spreads in seconds."""
+    for _ in range(2):
+        for fn in variants.values():
+            fn()
+    times = {k: [] for k in variants}
+    for _ in range(reps):
+        for k, fn in variants.items():
+            times[k].append(_time(fn, device))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for k, v in times.items()}
+
+
+def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> dict:
+    spec, opts, batch = BACKBONES[kind]
+    tasks = _tasks(num_tasks)
+    nets = {}
+    for execution in ("loop", "batched"):
+        torch.manual_seed(0)
+        net = AdaShareNet(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, execution=execution).to(device)
+        weights = [p for g in ("backbone", "heads") for p in net.param_groups()[g]]
+        nets[execution] = (net, torch.optim.SGD(weights, lr=1e-3, momentum=0.9),
+                           torch.optim.Adam([net.policy.logits], lr=1e-2))
+    L = nets["loop"][0].num_gated
+    n = 1 if window == "first" else L
+    x = torch.randn(batch, *spec.shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    mask = torch.ones(batch, dtype=torch.bool, device=device)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(execution):
+        net, sgd, adam = nets[execution]
+
+        def run():
+            for optimiser, grad_logits in ((sgd, False), (adam, True)):
+                policy = P.sample_policy(net.policy.logits, 2.0, n, gen)
+                if not grad_logits:
+                    policy = policy.detach()
+                out = net(x, policy=policy, shared_blocks=L - n)
+                loss = sum(t.compute_loss(out[t.name], y, mask) for t in tasks)
+                if grad_logits:
+                    aux = net.aux_losses(window=n, sparsity_weight=0.05, sharing_weight=0.05)
+                    loss = loss + sum(aux.values())
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        return run
+
+    timing = compare({"loop": step("loop"), "batched": step("batched")}, reps, device)
+    memory = {k: _saved_bytes(step(k)) for k in ("loop", "batched")}
+    return {"backbone": kind, "tasks": num_tasks, "window": window, "blocks": L, "timing": timing,
+            "speedup": timing["loop"]["median_s"] / timing["batched"]["median_s"],
+            "saved_bytes": memory, "cuda_peak_bytes": {k: _peak_cuda(step(k), device) for k in ("loop", "batched")}}
+
+
+def policies(num_tasks: int, L: int, learned: dict | None) -> dict[str, dict[str, tuple[int, ...]]]:
+    g = torch.Generator().manual_seed(0)
+    out = {
+        "random": {f"t{i}": tuple(int(v) for v in torch.randint(0, 2, (L,), generator=g)) for i in range(num_tasks)},
+        "all_shared": {f"t{i}": (1,) * L for i in range(num_tasks)},
+        "disjoint": {f"t{i}": tuple(int(l % num_tasks == i) for l in range(L)) for i in range(num_tasks)},
+    }
+    if learned and len(learned) == num_tasks and all(len(v) == L for v in learned.values()):
+        out["learned_demo"] = {f"t{i}": tuple(v) for i, v in enumerate(learned.values())}
+    return out
+
+
+def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, device) -> dict:
+    spec, opts, batch = BACKBONES[kind]
+    tasks = _tasks(num_tasks)
+    torch.manual_seed(0)
+    arch = AdaShareArchitecture(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, decisions).to(device)
+    optimiser = torch.optim.Adam(arch.parameters(), lr=1e-3)
+    x = torch.randn(batch, *spec.shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    mask = torch.ones(batch, dtype=torch.bool, device=device)
+
+    def forward(tree: bool):
+        if tree:
+            return arch(x)
+        h0 = arch.backbone.stem(x)
+        feats = per_task_features(arch.backbone.blocks, h0, arch.decisions, arch.backbone.pool)
+        return {t: arch.heads[t](f) for t, f in feats.items()}
+
+    def train_step(tree):
+        def run():
+            arch.train()
+            out = forward(tree)
+            loss = sum(t.compute_loss(out[t.name], y, mask) for t in tasks)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        return run
+
+    def infer(tree):
+        def run():
+            arch.eval()
+            with torch.no_grad():
+                forward(tree)
+        return run
+
+    train = compare({"per_task": train_step(False), "tree": train_step(True)}, reps, device)
+    inference = compare({"per_task": infer(False), "tree": infer(True)}, reps, device)
+    arch.eval()
+    one = x[:1]
+    per_task_flops = sum(count_flops(arch, one, tasks=[t.name]) for t in tasks)
+    tree_flops = count_flops(arch, one)
+    return {"backbone": kind, "tasks": num_tasks, "policy": name, "decisions": {k: list(v) for k, v in decisions.items()},
+            "flop_ratio": per_task_flops / tree_flops, "train": train, "inference": inference,
+            "train_speedup": train["per_task"]["median_s"] / train["tree"]["median_s"],
+            "inference_speedup": inference["per_task"]["median_s"] / inference["tree"]["median_s"],
+            "saved_bytes": {"per_task": _saved_bytes(train_step(False)), "tree": _saved_bytes(train_step(True))}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--learned", default="runs/demo/adashare/policy.json",
+                    help="policy.json of the demo's AdaShare run (its selected architecture), if present")
+    ap.add_argument("--out", default="benchmarks/results/adashare_speed.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    learned = None
+    path = Path(args.learned)
+    if path.exists():
+        pol = json.loads(path.read_text())
+        chosen = [a for a in pol.get("architectures", []) if a.get("selected")]
+        learned = chosen[0]["policy"] if chosen else None
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+               "threads": args.threads, "reps": args.reps, "torch": torch.__version__, "search": [], "tree": []}
+    print(f"threads={args.threads} device={results['device']} reps={args.reps}")
+    print(f"{'search step':<12} {'backbone':<8} {'T':>2} {'window':<6} {'speed-up':>8} {'loop ms':>8} {'batched ms':>10} "
+          f"{'saved MB loop/batched':>22}")
+    for kind in BACKBONES:
+        for T in args.tasks:
+            for window in ("first", "full"):
+                r = search_case(kind, T, window, args.reps, device)
+                results["search"].append(r)
+                print(f"{'':<12} {kind:<8} {T:>2} {window:<6} {r['speedup']:>8.2f} "
+                      f"{1e3 * r['timing']['loop']['median_s']:>8.2f} {1e3 * r['timing']['batched']['median_s']:>10.2f} "
+                      f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['batched'] / 2**20:.2f}")
+    print(f"{'tree':<12} {'backbone':<8} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'infer x':>8}")
+    for kind in BACKBONES:
+        L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
+        for T in args.tasks:
+            for name, decisions in policies(T, L, learned if kind == "mlp" else None).items():
+                r = tree_case(kind, T, name, decisions, args.reps, device)
+                results["tree"].append(r)
+                print(f"{'':<12} {kind:<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
+                      f"{r['inference_speedup']:>8.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
