@@ -71,3 +71,38 @@ def test_killed_two_process_run_resumes(tmp_path):
     res = _run(out, *flags, "--resume")
     for task, entry in ref["tasks"].items():
         assert res["tasks"][task]["test"] == pytest.approx(entry["test"], rel=1e-6)
+
+
+def _adashare_replica(rank, world, port, out, result_dir):
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from sharewise.config import validate_config
+    from sharewise.engine.runner import prepare, train
+
+    cfg = validate_config({
+        "method": {"name": "adashare", "search_cycles": 4, "cycle_iters": [2, 2], "warm_up_iters": 3,
+                   "retrain_total_iters": 4, "curriculum_speed": 1, "num_archs": 1},
+        "backbone": {"width": 16, "depth": 3},
+        "train": {"progress": False, "batch_size": 16, "eval_every": 4},
+        "output": {"dir": str(out), "tensorboard": False}})
+    ctx = prepare(cfg)
+    train(ctx)
+    search = torch.load(out / "checkpoints" / "search" / "last.pt", weights_only=True)["model"]
+    torch.save({"logits": search["policy.logits"]}, result_dir / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_adashare_search_replicas_keep_identical_policies(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_adashare_replica, args=(2, port, tmp_path / "run", tmp_path), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt")["logits"]
+    b = torch.load(tmp_path / "rank1.pt")["logits"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, torch.full_like(a, 0.5))  # the policy was learned, not left at its init

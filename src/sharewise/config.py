@@ -148,7 +148,7 @@ class TrainConfig(_Strict):
     procs: int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
     sync_bn: bool = False  # SyncBatchNorm across processes (NCCL only; gloo on CPU keeps per-rank statistics)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for forward passes (fp16 needs CUDA)
-    workers: int = Field(0, ge=0)  # data-loading worker processes per training process
+    workers: int = Field(0, ge=0)  # threads building the next training batches ahead (same batches, same order)
     threads: int | None = Field(None, ge=1)
     progress: bool = True
     deterministic: bool = True

@@ -123,17 +123,22 @@ class SharedInputData:
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
         start: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False, augment: bool = False,
+        workers: int = 0,
     ) -> Iterator[tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
-        """Yield batches of ``split`` from batch number ``start`` (resume inside an epoch)."""
+        """Yield batches of ``split`` from batch number ``start`` (resume inside an epoch);
+        ``workers`` threads build the next batches ahead (same batches, same order)."""
         from ..seeding import generator
 
         pool = self.splits[split]
         order = pool[shard_order(len(pool), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)]
         n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
-        for b in range(start, n_batches):
+
+        def build(b: int):
             index = order[b * batch_size:(b + 1) * batch_size]
             gen = generator(seed, "augment", epoch, b, rank) if augment else None
-            yield self.examples.get_inputs(index, gen), self.examples.get_targets(index, self.task_names)
+            return self.examples.get_inputs(index, gen), self.examples.get_targets(index, self.task_names)
+
+        yield from prefetch(build, range(start, n_batches), workers)
 
     def split_table(self) -> list[dict[str, Any]]:
         """Rows of ``split.csv``: every example's split (train rows also name train1/train2)."""
@@ -177,6 +182,7 @@ class PerTaskData:
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
         start: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False, augment: bool = False,
+        workers: int = 0,
     ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """Yield ``{task: (inputs, targets, mask)}``. In training (``shuffle``) a task that runs
         out restarts with its next permutation, so every step sees every task; in evaluation a
@@ -189,7 +195,7 @@ class PerTaskData:
             pool = self.splits[t][split]
             task_seed = stream_seed(seed, "task_order", ti)
             per_task[t] = (pool, task_seed)
-        for b in range(start, n_batches):
+        def build(b: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             batch = {}
             for t, (pool, task_seed) in per_task.items():
                 if len(pool) == 0:
@@ -209,6 +215,9 @@ class PerTaskData:
                 gen = generator(task_seed, "augment", epoch, b, rank) if augment else None
                 y, m = ex.get_targets(index, [t])[t]
                 batch[t] = (ex.get_inputs(index, gen), y, m)
+            return batch
+
+        for batch in prefetch(build, range(start, n_batches), workers):
             if batch:
                 yield batch
 
@@ -227,6 +236,27 @@ class PerTaskData:
 
 
 MultiTaskData = SharedInputData | PerTaskData
+
+
+def prefetch(build, numbers, workers: int) -> Iterator[Any]:
+    """``build(b)`` for every batch number, in order; with ``workers`` > 0 a thread pool builds up
+    to ``2 · workers`` batches ahead (decoding and augmentation overlap the training step). Every
+    batch depends only on its number, so the result is the same with or without workers."""
+    if workers <= 0:
+        for b in numbers:
+            yield build(b)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sharewise-data") as pool:
+        pending: deque = deque()
+        for b in numbers:
+            pending.append(pool.submit(build, b))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _id(v: Any) -> Any:

@@ -155,7 +155,8 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
     return Trainer(model, ctx.data, run_dir=ctx.run_dir / directory, seed=cfg.train.seed if seed is None else seed,
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
-                   reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision)
+                   reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision,
+                   workers=cfg.train.workers)
 
 
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None) -> dict[str, Any]:

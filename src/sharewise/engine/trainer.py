@@ -87,7 +87,7 @@ class Trainer:
                  eval_batch_size: int, device: torch.device, logger: MetricsLogger,
                  checkpoint_every_s: float = 120.0, progress: bool = True,
                  reference: dict[str, dict[str, float]] | None = None, log_every: int = 20,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", workers: int = 0) -> None:
         self.model = model
         self.data = data
         self.tasks = list(data.tasks)
@@ -102,6 +102,7 @@ class Trainer:
         self.reference = reference
         self.log_every = log_every
         self.precision = precision
+        self.workers = workers
         self._stop = False
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.ddp = None
@@ -109,6 +110,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self._ddp_params = {id(p) for p in model.parameters() if p.requires_grad}  # DDP expects all of them
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -206,7 +208,7 @@ class Trainer:
                     epoch_key = (state.cycle * 64 + state.stretch) * 4096 + rep
                     batches = self.data.batches(stretch.split, self.batch_size, shuffle=True, seed=self.seed,
                                                 epoch=epoch_key, start=pos, rank=D.rank(),
-                                                world_size=D.world_size(), augment=True)
+                                                world_size=D.world_size(), augment=True, workers=self.workers)
                     for batch in batches:
                         if self._stop:
                             self._save(last_path, phase, state, optimizers, schedulers)
@@ -286,8 +288,7 @@ class Trainer:
         # DDP synchronises gradients when the step trains every parameter in one forward call;
         # otherwise (a stretch over some groups, per-task batches) the gradients are averaged by hand.
         own = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        use_ddp = self.ddp is not None and not isinstance(batch, dict) and all(
-            id(p) in own for p in self.model.parameters() if p.requires_grad)
+        use_ddp = self.ddp is not None and not isinstance(batch, dict) and self._ddp_params <= own
         with self._autocast():
             outputs = forward_batch(self.ddp if use_ddp else self.model, batch, [t.name for t in self.tasks], kwargs)
         by_name = {t.name: t for t in self.tasks}
