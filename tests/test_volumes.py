@@ -496,3 +496,14 @@ def test_nan_voxels_are_background_and_inf_is_an_error():
     x[0, 2, 0, 0] = np.inf
     with pytest.raises(DataError, match="bad.npy: the volume contains infinite values"):
         V.Preprocess((4, 4, 4), 1)(x, "bad.npy")
+
+
+def test_worker_threads_give_the_same_batches_and_decode_each_volume_once(tmp_path):
+    path = make_study(tmp_path / "s", n=16)
+    kwargs = dict(shuffle=True, seed=1, epoch=0, augment=True)
+    plain = build_data(vcfg(path, volume_shape=[6, 6, 6], augment={"flip": [0], "shift": 1})).data
+    ahead = build_data(vcfg(path, volume_shape=[6, 6, 6], augment={"flip": [0], "shift": 1})).data
+    a = list(plain.batches("train", 3, **kwargs))
+    b = list(ahead.batches("train", 3, workers=3, **kwargs))
+    assert len(a) == len(b) and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    assert ahead.examples.inputs.cache.reads == ahead.split_size("train")

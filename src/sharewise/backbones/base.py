@@ -80,9 +80,9 @@ def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
 
         return {0: TaskBatchNorm1d, 1: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims](channels)
     if kind == "group":
-        # vectors (dims 0/1) have one value per channel, so a group needs several channels
-        min_per_group = 4 if dims <= 1 else 1
-        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= min_per_group or g == 1)
+        # at least 4 channels a group: vectors have one value per channel, and deep feature maps
+        # can shrink to 1 voxel, where a one-channel group has nothing to normalise over
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4 or g == 1)
         return nn.GroupNorm(groups, channels)
     if kind == "layer":
         return nn.LayerNorm(channels) if dims == 0 else nn.GroupNorm(1, channels)

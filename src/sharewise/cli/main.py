@@ -123,6 +123,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
     put("data.id_col", args.id_col)
     put("data.split_col", args.split_col)
     put("data.image_col", getattr(args, "image_col", None))
+    if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name", "hard") != args.method:
+        dropped = sorted(k for k in raw["method"] if k != "name")
+        if dropped:
+            import warnings
+
+            warnings.warn(f"--method {args.method}: the config's keys for method {raw['method'].get('name', 'hard')!r} "
+                          f"are not used ({', '.join('method.' + k for k in dropped)})")
+        raw["method"] = {}
     put("method.name", args.method)
     put("backbone.name", args.backbone)
     put("train.seed", args.seed)

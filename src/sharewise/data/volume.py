@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -357,7 +358,9 @@ class VolumeCache:
 
     ``memory``: one (N, C, D, H, W) array filled on first access; ``disk``: one ``.npy`` per
     volume under ``cache_dir``, named by a hash of (path, size, mtime, preprocessing), written
-    atomically and shared by runs and processes; ``none``: decoded on every access.
+    atomically and shared by runs and processes; ``none``: decoded on every access. Safe for the
+    engine's data-loading threads (``train.workers``): they fill different rows, and a volume
+    decoded twice at once gives the same values.
     """
 
     def __init__(self, paths: Sequence[str], prep: Preprocess, *, cache: str = "memory", cache_dir: str | None = None) -> None:
@@ -366,6 +369,7 @@ class VolumeCache:
         self.cache = cache
         self.shape = (prep.channels, *prep.shape)
         self.reads = 0
+        self._reads_lock = threading.Lock()  # data-loading worker threads decode concurrently
         self._data: np.ndarray | None = None
         self._done: np.ndarray | None = None
         self.root: Path | None = None
@@ -390,7 +394,8 @@ class VolumeCache:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
     def decode(self, i: int) -> np.ndarray:
-        self.reads += 1
+        with self._reads_lock:
+            self.reads += 1
         path = self.paths[i]
         return self.prep(read_volume(path, canonical=self.prep.canonical), path)
 
@@ -409,7 +414,7 @@ class VolumeCache:
             except (OSError, ValueError, EOFError):
                 pass
             a = self.decode(i)
-            tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+            tmp = file.with_name(f"{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
                 with open(tmp, "wb") as fh:
                     np.save(fh, a)
