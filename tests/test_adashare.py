@@ -369,3 +369,45 @@ def test_retrain_needs_a_finished_search_and_other_methods_have_no_retrain(tmp_p
         from sharewise.engine.runner import prepare, retrain
 
         retrain(prepare(validate_config({"method": {"name": "adashare"}, "output": {"dir": str(tmp_path / "x")}})))
+
+
+def test_retrain_from_init_scratch_or_search(tmp_path):
+    from sharewise.engine.checkpoint import save_checkpoint
+    from sharewise.engine.runner import prepare
+
+    ctx = prepare(validate_config({"method": {"name": "adashare"}, "backbone": {"width": 8, "depth": 2},
+                                   "output": {"dir": str(tmp_path)}}))
+    init = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    searched = {k: v + 1 if v.is_floating_point() else v for k, v in init.items()}
+    save_checkpoint(tmp_path / "checkpoints" / "init.pt", {"model": init})
+    save_checkpoint(tmp_path / "checkpoints" / "search" / "best.pt", {"model": searched})
+    search = {"tasks": ctx.model.task_names, "blocks": ["block0", "block1"], "checkpoint": "checkpoints/search/best.pt",
+              "exec_prob": {t: [1.0, 0.0] for t in ctx.model.task_names}}
+    key = "backbone.blocks.0.fc1.weight"
+    for source, expected in (("init", init), ("search", searched)):
+        method = AdaShare(AdaShare.Options(retrain_from=source), ctx.cfg)
+        model = method._architecture_model(ctx, method.architecture(0, search), search)
+        assert model.removed == [1] and torch.equal(model.state_dict()[key], expected[key])
+    method = AdaShare(AdaShare.Options(retrain_from="scratch"), ctx.cfg)
+    a = method._architecture_model(ctx, method.architecture(0, search), search).state_dict()[key]
+    b = method._architecture_model(ctx, method.architecture(0, search), search).state_dict()[key]
+    c = method._architecture_model(ctx, method.architecture(1, search), search).state_dict()[key]
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, init[key])  # seeded by the architecture
+
+
+def test_non_default_options_run(tmp_path):
+    """Every alternative form runs end to end: hard sampling, skip_layer, all_chosen init, no
+    curriculum, min_temp, log_exec / reference losses with depth weights, soft validation policy,
+    the last search checkpoint, argmax extraction from scratch."""
+    out = tmp_path / "alt"
+    opts = ["hard_sampling=true", "skip_layer=1", "init_method=all_chosen", "is_curriculum=false", "min_temp=4.5",
+            "sparsity_form=log_exec", "sparsity_depth_weights=true", "sharing_form=reference",
+            "diff_sparsity_weights=false", "search_val_policy=soft", "policy_checkpoint=last", "extract=argmax",
+            "retrain_from=scratch", "search_decay_lr_freq=2"]
+    args = ["run", "--method", "adashare", "--out", str(out), *TINY, "--set", "backbone.depth=3"]
+    for o in opts:
+        args += ["--set", f"method.{o}"]
+    assert main(args) == 0
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["blocks"] == ["block1", "block2"] and policy["policy_checkpoint"] == "last"
+    assert policy["temperature"] == 4.5 and [a["name"] for a in policy["architectures"]] == ["arch_argmax"]

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .plots import read_metrics
+
 
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -24,16 +26,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _matplotlib():
@@ -180,7 +172,7 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
         lines += ["![task sharing similarity](plots/adashare_sharing.png)", ""]
     if _history_plot(plt, policy, plots_dir / "adashare_exec_prob_history.png"):
         lines += ["![p_exec over the search](plots/adashare_exec_prob_history.png)", ""]
-    if _curves_plot(plt, _read_jsonl(run_dir / "metrics.jsonl"), tasks, plots_dir / "adashare_curves.png"):
+    if _curves_plot(plt, read_metrics(run_dir), tasks, plots_dir / "adashare_curves.png"):
         lines += ["![training curves](plots/adashare_curves.png)", ""]
 
     if archs:
