@@ -37,7 +37,9 @@ BACKBONES = {
     "mlp": (InputSpec("vector", (64,)), {"width": 128, "depth": 6}, 64),
     "resnet": (InputSpec("image", (3, 16, 16)), {"widths": [16, 32], "blocks": [2, 2]}, 32),
 }
-BACKBONE_NAME = {"mlp": "mlp", "resnet": "resnet2d"}
+# the demo's network (digits, 4 tasks), for the policy AdaShare learned on the demo
+DEMO = {"mlp_demo": (InputSpec("vector", (64,)), {"width": 64, "depth": 3}, 64)}
+BACKBONE_NAME = {"mlp": "mlp", "resnet": "resnet2d", "mlp_demo": "mlp"}
 
 
 def _tasks(n: int) -> list[Task]:
@@ -146,7 +148,7 @@ def policies(num_tasks: int, L: int, learned: dict | None) -> dict[str, dict[str
 
 
 def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, device) -> dict:
-    spec, opts, batch = BACKBONES[kind]
+    spec, opts, batch = {**BACKBONES, **DEMO}[kind]
     tasks = _tasks(num_tasks)
     torch.manual_seed(0)
     arch = AdaShareArchitecture(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, decisions).to(device)
@@ -232,6 +234,13 @@ def main(argv=None) -> int:
                 results["tree"].append(r)
                 print(f"{'':<12} {kind:<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
                       f"{r['inference_speedup']:>8.2f}")
+    if learned:
+        T = len(learned)
+        for name, decisions in policies(T, len(next(iter(learned.values()))), learned).items():
+            r = tree_case("mlp_demo", T, name, decisions, args.reps, device)
+            results["tree"].append(r)
+            print(f"{'':<12} {'mlp_demo':<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
+                  f"{r['inference_speedup']:>8.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -106,3 +106,15 @@ def test_ddp_adashare_search_replicas_keep_identical_policies(tmp_path):
     b = torch.load(tmp_path / "rank1.pt")["logits"]
     assert torch.equal(a, b)
     assert not torch.equal(a, torch.full_like(a, 0.5))  # the policy was learned, not left at its init
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_a_gpu(tmp_path):
+    from sharewise.cli.main import main
+
+    flags = ["--no-progress", "--epochs", "1", "--set", "backbone.width=16", "--set", "output.tensorboard=false"]
+    assert main(["run", "--out", str(tmp_path / "fp32"), *flags]) == 0
+    assert main(["run", "--out", str(tmp_path / "bf16"), *flags, "--set", "train.precision=bf16"]) == 0
+    a = json.loads((tmp_path / "fp32" / "results.json").read_text())["tasks"]["digit"]["test"]["accuracy"]
+    b = json.loads((tmp_path / "bf16" / "results.json").read_text())["tasks"]["digit"]["test"]["accuracy"]
+    assert abs(a - b) < 0.05  # reduced precision, same training
+    assert main(["run", "--out", str(tmp_path / "fp16"), *flags, "--set", "train.precision=fp16"]) == 2

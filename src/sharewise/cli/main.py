@@ -188,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = commands.launch_if_needed(args)
             if code is not None:
                 return code
+            import os
+
+            if int(os.environ.get("RANK", "0")) != 0:  # one summary per run: rank 0's
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of this process)
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except SharewiseError as err:
         if debug:
