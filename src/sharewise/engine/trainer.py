@@ -264,7 +264,7 @@ class Trainer:
         per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
         total = min(per_cycle * phase.cycles, phase.max_steps or math.inf)
         return tqdm(total=int(total), initial=state.step, desc=phase.name, file=sys.stderr, leave=False,
-                    dynamic_ncols=True, mininterval=0.5)
+                    dynamic_ncols=True, mininterval=0.5, disable=None)  # no bars when stderr is not a terminal
 
     def _step(self, phase: Phase, stretch: Stretch, state: PhaseState, optimizers, schedulers, batch) -> dict[str, float]:
         """One optimiser step. Only the stretch's optimiser's parameters get gradients: the others
