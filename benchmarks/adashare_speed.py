@@ -160,9 +160,12 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
     def forward(tree: bool):
         if tree:
             return arch(x)
-        h0 = arch.backbone.stem(x)
-        feats = per_task_features(arch.backbone.blocks, h0, arch.decisions, arch.backbone.pool)
-        return {t: arch.heads[t](f) for t, f in feats.items()}
+        out = {}  # T full passes, stem included, as the FLOP ratio's numerator counts them
+        for t in arch.task_names:
+            h0 = arch.backbone.stem(x)
+            feats = per_task_features(arch.backbone.blocks, h0, arch.decisions, arch.backbone.pool, [t])
+            out[t] = arch.heads[t](feats[t])
+        return out
 
     def train_step(tree):
         def run():
@@ -203,6 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--learned", default="runs/demo/adashare/policy.json",
                     help="policy.json of the demo's AdaShare run (its selected architecture), if present")
     ap.add_argument("--out", default="benchmarks/results/adashare_speed.json")
+    ap.add_argument("--only", choices=["search", "tree"], help="run one half (the JSON then holds only that half)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
     print(f"threads={args.threads} device={results['device']} reps={args.reps}")
     print(f"{'search step':<12} {'backbone':<8} {'T':>2} {'window':<6} {'speed-up':>8} {'loop ms':>8} {'batched ms':>10} "
           f"{'saved MB loop/batched':>22}")
-    for kind in BACKBONES:
+    for kind in BACKBONES if args.only != "tree" else []:
         for T in args.tasks:
             for window in ("first", "full"):
                 r = search_case(kind, T, window, args.reps, device)
@@ -226,7 +230,7 @@ def main(argv=None) -> int:
                       f"{1e3 * r['timing']['loop']['median_s']:>8.2f} {1e3 * r['timing']['batched']['median_s']:>10.2f} "
                       f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['batched'] / 2**20:.2f}")
     print(f"{'tree':<12} {'backbone':<8} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'infer x':>8}")
-    for kind in BACKBONES:
+    for kind in BACKBONES if args.only != "search" else []:
         L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
         for T in args.tasks:
             for name, decisions in policies(T, L, learned if kind == "mlp" else None).items():
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
                 results["tree"].append(r)
                 print(f"{'':<12} {kind:<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
                       f"{r['inference_speedup']:>8.2f}")
-    if learned:
+    if learned and args.only != "search":
         T = len(learned)
         for name, decisions in policies(T, len(next(iter(learned.values()))), learned).items():
             r = tree_case("mlp_demo", T, name, decisions, args.reps, device)

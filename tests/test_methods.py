@@ -29,3 +29,19 @@ def test_models_output_every_task(method):
 def test_unknown_method_option():
     with pytest.raises(ConfigError, match="method.foo"):
         prepare(validate_config({"method": {"name": "hard", "foo": 1}}))
+
+
+def test_round_robin_phase_trains_one_task_per_step(tmp_path):
+    from sharewise.engine.logging import MetricsLogger
+    from sharewise.engine.trainer import Trainer
+    from sharewise.methods.base import Phase, Stretch
+
+    ctx = prepare(validate_config({"backbone": {"width": 8, "depth": 1}, "train": {"progress": False}}))
+    heads = {t: ctx.model.heads[t].weight.detach().clone() for t in ctx.model.task_names}
+    phase = Phase("rr", [Stretch("train", "main", iters=2)], {"main": ctx.method.default_optim(["backbone", "heads"])},
+                  cycles=1, eval_split=None, loop="round_robin")
+    trainer = Trainer(ctx.model, ctx.data, run_dir=tmp_path, seed=0, batch_size=16, eval_batch_size=64,
+                      device=ctx.device, logger=MetricsLogger(None), progress=False)
+    trainer.run_phase(phase)
+    changed = [t for t in ctx.model.task_names if not torch.equal(heads[t], ctx.model.heads[t].weight)]
+    assert changed == ctx.model.task_names[:2]  # steps 0 and 1 trained the first two tasks only

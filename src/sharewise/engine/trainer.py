@@ -289,8 +289,14 @@ class Trainer:
         # otherwise (a stretch over some groups, per-task batches) the gradients are averaged by hand.
         own = {id(p) for g in optimizer.param_groups for p in g["params"]}
         use_ddp = self.ddp is not None and not isinstance(batch, dict) and self._ddp_params <= own
+        names = [t.name for t in self.tasks]
+        if phase.loop == "round_robin":  # one task per step, in turn
+            names = [names[state.step % len(names)]]
+            if isinstance(batch, dict):
+                batch = {k: v for k, v in batch.items() if k in names}
+            use_ddp = False  # the other tasks' heads get no gradient this step
         with self._autocast():
-            outputs = forward_batch(self.ddp if use_ddp else self.model, batch, [t.name for t in self.tasks], kwargs)
+            outputs = forward_batch(self.ddp if use_ddp else self.model, batch, names, kwargs)
         by_name = {t.name: t for t in self.tasks}
         total = torch.zeros((), device=self.device)
         logged = {}
