@@ -57,7 +57,7 @@ class Task:
 
         ``output``: (B, out_features); ``target``: (B,) class index, (B,) standardised value or
         (B, C) multi-hot; ``mask``: (B,) bool. Rows with ``mask = 0`` contribute exactly nothing
-        (their targets may hold any placeholder), and a batch without a known target gives 0
+        (their targets may hold any value), and a batch without a known target gives 0
         with the head still in the autograd graph.
         """
         m = mask.to(output.dtype)

@@ -38,7 +38,7 @@ _FUNCS = {"abs": (1, np.abs), "round": (1, np.round), "floor": (1, np.floor), "c
 
 
 def parse_expression(text: str, key: str) -> tuple[ast.Expression, dict[str, str]]:
-    """Parse and check ``text``; returns the tree and the placeholder → column map for backquoted names."""
+    """Parse and check ``text``; returns the tree and the alias → column map for backquoted names."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{key}: expected an expression such as 'label % 2', got {text!r}")
     if len(text) > MAX_LENGTH:
