@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from .base import Backbone, Block, make_norm, register_backbone
+from .base import Backbone, make_norm, register_backbone
+from .resnet import BasicBlock, BottleneckBlock
 
 DEPTHS: dict[int, tuple[list[int], str]] = {
     10: ([1, 1, 1, 1], "basic"),
@@ -85,55 +85,6 @@ class ResNet3dOptions(BaseModel):
                 list(self.dilations) if self.dilations is not None else dilations[:n])
 
 
-def _projection(in_ch: int, out_ch: int, stride: int, norm: str) -> nn.Module:
-    """S(x): identity when the shape is kept, else 1³ conv (stride) + norm."""
-    if stride == 1 and in_ch == out_ch:
-        return nn.Identity()
-    return nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, stride, 0, bias=False), make_norm(norm, out_ch, 3))
-
-
-class BasicBlock3d(Block):
-    """G(x) = norm(conv3³(ReLU(norm(conv3³_stride(x))))); F(x) = ReLU(S(x) + G(x))."""
-
-    expansion = 1
-
-    def __init__(self, in_ch: int, width: int, stride: int = 1, dilation: int = 1, norm: str = "batch") -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv3d(in_ch, width, 3, stride, dilation, dilation, bias=False)
-        self.bn1 = make_norm(norm, width, 3)
-        self.conv2 = nn.Conv3d(width, out_ch, 3, 1, dilation, dilation, bias=False)
-        self.bn2 = make_norm(norm, out_ch, 3)
-        self.act = nn.ReLU()
-        self.shortcut = _projection(in_ch, out_ch, stride, norm)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
-
-
-class BottleneckBlock3d(Block):
-    """G(x) = norm(conv1³(ReLU(norm(conv3³_stride(ReLU(norm(conv1³(x)))))))), 4× expansion."""
-
-    expansion = 4
-
-    def __init__(self, in_ch: int, width: int, stride: int = 1, dilation: int = 1, norm: str = "batch") -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv3d(in_ch, width, 1, 1, 0, bias=False)
-        self.bn1 = make_norm(norm, width, 3)
-        self.conv2 = nn.Conv3d(width, width, 3, stride, dilation, dilation, bias=False)
-        self.bn2 = make_norm(norm, width, 3)
-        self.conv3 = nn.Conv3d(width, out_ch, 1, 1, 0, bias=False)
-        self.bn3 = make_norm(norm, out_ch, 3)
-        self.act = nn.ReLU()
-        self.shortcut = _projection(in_ch, out_ch, stride, norm)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.bn1(self.conv1(x)))
-        h = self.act(self.bn2(self.conv2(h)))
-        return self.bn3(self.conv3(h))
-
-
 class ResNet3d(Backbone):
     """stem → residual blocks (stage by stage, flattened into ``blocks``) → global average pooling."""
 
@@ -141,7 +92,7 @@ class ResNet3d(Backbone):
         super().__init__()
         widths, counts = opts.stage_widths(), opts.stage_blocks()
         strides, dilations = opts.stage_geometry()
-        block_cls = BasicBlock3d if opts.block_kind() == "basic" else BottleneckBlock3d
+        block_cls = BasicBlock if opts.block_kind() == "basic" else BottleneckBlock
         stem_w = widths[0]
         if opts.stem == "imagenet":
             self.stem = nn.Sequential(nn.Conv3d(in_channels, stem_w, 7, 2, 3, bias=False), make_norm(opts.norm, stem_w, 3),
@@ -153,7 +104,7 @@ class ResNet3d(Backbone):
         in_ch = stem_w
         for width, n, stride, dilation in zip(widths, counts, strides, dilations):
             for i in range(n):
-                layers.append(block_cls(in_ch, width, stride if i == 0 else 1, dilation, opts.norm))
+                layers.append(block_cls(in_ch, width, stride if i == 0 else 1, opts.norm, dims=3, dilation=dilation))
                 in_ch = width * block_cls.expansion
         self.blocks = nn.ModuleList(layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten())

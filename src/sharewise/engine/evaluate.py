@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.base import iter_task_batches
 from ..tasks import Task
 from . import distributed as D
 
