@@ -28,9 +28,11 @@ import torch
 from sharewise.backbones import backbone_factory
 from sharewise.cost import count_flops
 from sharewise.data.base import InputSpec
+from sharewise.engine.optim import build_optimizer
 from sharewise.execution import per_task_features
 from sharewise.methods import _adashare_policy as P
 from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet
+from sharewise.methods.base import OptimSpec
 from sharewise.tasks import Task
 
 BACKBONES = {
@@ -100,9 +102,9 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
     for execution in ("loop", "batched"):
         torch.manual_seed(0)
         net = AdaShareNet(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, execution=execution).to(device)
-        weights = [p for g in ("backbone", "heads") for p in net.param_groups()[g]]
-        nets[execution] = (net, torch.optim.SGD(weights, lr=1e-3, momentum=0.9),
-                           torch.optim.Adam([net.policy.logits], lr=1e-2))
+        groups = net.param_groups()  # the search's optimisers, built as the engine builds them
+        nets[execution] = (net, build_optimizer(OptimSpec("sgd", {"backbone": 1e-3, "heads": 1e-3}), groups),
+                           build_optimizer(OptimSpec("adam", {"policy": 1e-2}), groups))
     L = nets["loop"][0].num_gated
     n = 1 if window == "first" else L
     x = torch.randn(batch, *spec.shape, device=device)
@@ -113,8 +115,14 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
     def step(execution):
         net, sgd, adam = nets[execution]
 
+        weights = [p for g in ("backbone", "heads") for p in net.param_groups()[g]]
+
         def run():
             for optimiser, grad_logits in ((sgd, False), (adam, True)):
+                # as the engine does: the parameters another optimiser owns are frozen in a step
+                net.policy.logits.requires_grad_(grad_logits)
+                for w in weights:
+                    w.requires_grad_(not grad_logits)
                 policy = P.sample_policy(net.policy.logits, 2.0, n, gen)
                 if not grad_logits:
                     policy = policy.detach()
@@ -152,7 +160,8 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
     tasks = _tasks(num_tasks)
     torch.manual_seed(0)
     arch = AdaShareArchitecture(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, decisions).to(device)
-    optimiser = torch.optim.Adam(arch.parameters(), lr=1e-3)
+    optimiser = build_optimizer(OptimSpec("adam", {"backbone": 1e-3, "heads": 1e-3}, betas=(0.5, 0.999)),
+                                arch.param_groups())
     x = torch.randn(batch, *spec.shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     mask = torch.ones(batch, dtype=torch.bool, device=device)

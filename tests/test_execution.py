@@ -177,3 +177,40 @@ def test_adashare_architecture_runs_as_a_tree():
     assert len(calls) == distinct_prefixes(decisions)["F"] == 6
     for t, d in decisions.items():  # each task alone equals its own path
         assert torch.allclose(arch(x, tasks=[t])[t], out[t], atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [0, 2, 3])
+@pytest.mark.parametrize("momentum,affine,track", [(0.1, True, True), (None, True, True), (0.3, False, True),
+                                                   (0.1, True, False)])
+def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, affine, track):
+    """An interleaved (B·T, C, ...) batch normalised once equals T separate calls, one per task,
+    in outputs, gradients of x, γ and β, and the running statistics they leave."""
+    from sharewise.backbones.norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, task_groups
+
+    cls = {0: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims]
+    T, B, C = 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    layers = [cls(C, momentum=momentum, affine=affine, track_running_stats=track) for _ in range(2)]
+    if affine:
+        with torch.no_grad():
+            layers[0].weight.copy_(torch.rand(C, generator=g) + 0.5)
+            layers[0].bias.copy_(torch.randn(C, generator=g))
+    if track:
+        layers[0].running_mean.copy_(torch.randn(C, generator=g))
+        layers[0].num_batches_tracked.fill_(2)
+    layers[1].load_state_dict(layers[0].state_dict())
+    x = (torch.randn(B, T, C, *([3] * dims), generator=g) * torch.arange(1, T + 1).view(1, T, *([1] * (dims + 1))))
+    xa = x.clone().requires_grad_()
+    xb = x.reshape(B * T, C, *x.shape[3:]).clone().requires_grad_()
+    separate = torch.stack([layers[0](xa[:, t]) for t in range(T)], dim=1)  # task order
+    with task_groups(T):
+        grouped = layers[1](xb)
+    assert torch.allclose(separate.reshape_as(grouped), grouped, atol=1e-5)
+    w = torch.randn(grouped.shape, generator=g)
+    (separate.reshape_as(grouped) * w).sum().backward()
+    (grouped * w).sum().backward()
+    assert torch.allclose(xa.grad.reshape_as(xb.grad), xb.grad, atol=1e-5)
+    for pa, pb in zip(layers[0].parameters(), layers[1].parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5)
+    for (name, ba), bb in zip(layers[0].named_buffers(), layers[1].buffers()):
+        assert torch.allclose(ba.float(), bb.float(), atol=1e-6), name

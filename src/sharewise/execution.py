@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbones.base import apply_block
+from .backbones.base import apply_block, block_branches
 from .backbones.norm import repeated_passes, supports_task_groups, task_groups
 
 PADDING_ROW = (1.0, 0.0)
@@ -43,10 +43,12 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
 
     ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
-    (the part below AdaShare's curriculum window); they are computed once.
+    (the part below AdaShare's curriculum window); they are computed once. The first block in the
+    window still has one input for all tasks, so F and S are computed once there too and mixed
+    per task; from then on the activations are one task-interleaved ``(B·T, ...)`` tensor (row
+    ``b·T + t``), which task-aware BatchNorm views as ``(B, T·C, ...)`` without a copy.
     """
     num_tasks, num_blocks = policy.shape[0], policy.shape[1]
-    batch = h0.shape[0]
     pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
     h = h0
     for index in range(shared_blocks):
@@ -55,12 +57,20 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     if shared_blocks == num_blocks:
         features = pool(h)
         return [features] * num_tasks
-    stacked = h.repeat(num_tasks, *([1] * (h.dim() - 1)))  # (T·B, ...), task-major
-    for index in range(shared_blocks, num_blocks):
-        gates = policy[:, index].repeat_interleave(batch, dim=0)  # (T·B, 2)
-        with task_groups(num_tasks):
-            stacked = apply_block(blocks[index], stacked, gates)
-    return list(pool(stacked).chunk(num_tasks, dim=0))
+    batch = h.shape[0]
+    # gate weights as (L, 1, T, 1, ...) views, broadcast over the (B, T, ...) activations
+    view = (num_blocks, 1, num_tasks) + (1,) * (h.dim() - 1)
+    exec_w = policy[..., 0].t().reshape(view)
+    skip_w = policy[..., 1].t().reshape(view)
+    with repeated_passes(num_tasks):  # one input for every task: F and S once, mixed T ways
+        f, s = block_branches(blocks[shared_blocks], h)
+    stacked = torch.addcmul(skip_w[shared_blocks] * s.unsqueeze(1), exec_w[shared_blocks], f.unsqueeze(1))
+    with task_groups(num_tasks):
+        for index in range(shared_blocks + 1, num_blocks):
+            f, s = block_branches(blocks[index], stacked.view(batch * num_tasks, *stacked.shape[2:]))
+            grouped = (batch, num_tasks) + f.shape[1:]
+            stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
+    return list(pool(stacked.view(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
 
 
 def can_batch(module: nn.Module) -> bool:

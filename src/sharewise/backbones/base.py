@@ -67,10 +67,16 @@ def apply_block(block: nn.Module, h: torch.Tensor, gate: torch.Tensor | None) ->
     if exec_w.dim() == 1:
         view = (-1,) + (1,) * (h.dim() - 1)
         exec_w, skip_w = exec_w.view(view), skip_w.view(view)
+    f, s = block_branches(block, h)
+    return exec_w * f + skip_w * s
+
+
+def block_branches(block: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F(h), S(h))``; for a residual :class:`Block` S is computed once and reused inside F."""
     if isinstance(block, Block) and type(block).forward is Block.forward:
         s = block.shortcut(h)
-        return exec_w * block.act(s + block.residual(h)) + skip_w * s
-    return exec_w * block(h) + skip_w * block.shortcut(h)
+        return block.act(s + block.residual(h)), s
+    return block(h), block.shortcut(h)
 
 
 def make_norm(kind: str, channels: int, dims: int) -> nn.Module:

@@ -27,7 +27,7 @@ class ResidualMLPBlock(Block):
         self.norm1 = make_norm(norm, out_features, 0)
         self.fc2 = nn.Linear(out_features, out_features)
         self.norm2 = make_norm(norm, out_features, 0)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.act = nn.ReLU()
         self.shortcut = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
 

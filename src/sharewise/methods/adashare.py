@@ -254,7 +254,13 @@ class AdaShareArchitecture(MultiTaskModel):
             h0 = block(h0)
         names = list(tasks or self.task_names)
         features = tree_features(self.backbone.blocks[self.skip_layer:], h0, self.decisions, self.backbone.pool, names)
-        return {t: self.heads[t](features[t]) for t in names}
+        leaves: dict[int, list[str]] = {}
+        for t in names:
+            leaves.setdefault(id(features[t]), []).append(t)
+        out = {}
+        for group in leaves.values():  # tasks sharing a leaf: their heads as one matrix product
+            out.update(self.heads.shared_input(features[group[0]], group))
+        return out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"backbone": list(self.backbone.parameters()), "heads": list(self.heads.parameters())}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -278,3 +279,12 @@ class TaskHeads(TaskDict):
 
     def __init__(self, in_features: int, tasks: Sequence[Task]) -> None:
         super().__init__({t.name: nn.Linear(in_features, t.out_features) for t in tasks})
+
+    def shared_input(self, features: torch.Tensor, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The heads of ``tasks`` on the same ``features``: one matrix product with their weights
+        stacked (equal to calling each head, in fewer operations)."""
+        if len(tasks) == 1:
+            return {tasks[0]: self[tasks[0]](features)}
+        heads = [self[t] for t in tasks]
+        out = F.linear(features, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+        return dict(zip(tasks, out.split([h.out_features for h in heads], dim=-1)))
