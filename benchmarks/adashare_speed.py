@@ -1,7 +1,8 @@
 """AdaShare's fast paths against the per-task loop, measured as ratios in one run.
 
-- Search step (forward + backward + the weight step + the policy step): batched vs loop, at the
-  first curriculum window (only the top block sampled) and at the full window.
+- Search step (forward + backward + the weight step + the policy step): the default execution
+  (auto) and always-stacked tasks (batched) vs the reference's per-task loop, at the first
+  curriculum window (only the top block sampled) and at the full window.
 - Re-training step (forward + backward + Adam step) and inference: tree vs per-task passes for
   stated policies (random, learned on the demo, all-shared, disjoint), next to their limit, the
   FLOP ratio Σ_t FLOPs(task t alone) / FLOPs(tree).
@@ -10,7 +11,8 @@
 
 Variants alternate A B A B after a warm-up; medians and min–max over repetitions are reported.
 
-    python benchmarks/adashare_speed.py [--threads 2] [--reps 15] [--device cpu|cuda] [--out benchmarks/results/adashare_speed.json]
+    python benchmarks/adashare_speed.py [--threads 2] [--reps 15] [--device cpu|cuda] [--sizes small large]
+        [--out benchmarks/results/adashare_speed.json]
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ from sharewise.methods.base import OptimSpec
 from sharewise.tasks import Task
 
 BACKBONES = {
+    # small networks, where per-operation overhead is a large part of a step
     "mlp": (InputSpec("vector", (64,)), {"width": 128, "depth": 6}, 64),
     "resnet": (InputSpec("image", (3, 16, 16)), {"widths": [16, 32], "blocks": [2, 2]}, 32),
+    # larger ones, where the arithmetic dominates (--sizes large)
+    "mlp_wide": (InputSpec("vector", (256,)), {"width": 512, "depth": 6}, 256),
+    "resnet_32px": (InputSpec("image", (3, 32, 32)), {"widths": [32, 64], "blocks": [2, 2]}, 32),
 }
+# the reference loop, the default (auto) and always-stacked execution
+EXECUTIONS = ("loop", "auto", "batched")
+SIZES = {"small": ["mlp", "resnet"], "large": ["mlp_wide", "resnet_32px"]}
 # the demo's network (digits, 4 tasks), for the policy AdaShare learned on the demo
 DEMO = {"mlp_demo": (InputSpec("vector", (64,)), {"width": 64, "depth": 3}, 64)}
-BACKBONE_NAME = {"mlp": "mlp", "resnet": "resnet2d", "mlp_demo": "mlp"}
+BACKBONE_NAME = {"mlp": "mlp", "resnet": "resnet2d", "mlp_wide": "mlp", "resnet_32px": "resnet2d", "mlp_demo": "mlp"}
 
 
 def _tasks(n: int) -> list[Task]:
@@ -99,7 +108,7 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
     spec, opts, batch = BACKBONES[kind]
     tasks = _tasks(num_tasks)
     nets = {}
-    for execution in ("loop", "batched"):
+    for execution in EXECUTIONS:
         torch.manual_seed(0)
         net = AdaShareNet(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, execution=execution).to(device)
         groups = net.param_groups()  # the search's optimisers, built as the engine builds them
@@ -136,11 +145,12 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
                 optimiser.step()
         return run
 
-    timing = compare({"loop": step("loop"), "batched": step("batched")}, reps, device)
-    memory = {k: _saved_bytes(step(k)) for k in ("loop", "batched")}
+    timing = compare({k: step(k) for k in EXECUTIONS}, reps, device)
+    memory = {k: _saved_bytes(step(k)) for k in EXECUTIONS}
     return {"backbone": kind, "tasks": num_tasks, "window": window, "blocks": L, "timing": timing,
-            "speedup": timing["loop"]["median_s"] / timing["batched"]["median_s"],
-            "saved_bytes": memory, "cuda_peak_bytes": {k: _peak_cuda(step(k), device) for k in ("loop", "batched")}}
+            "speedup": timing["loop"]["median_s"] / timing["auto"]["median_s"],
+            "speedup_batched": timing["loop"]["median_s"] / timing["batched"]["median_s"],
+            "saved_bytes": memory, "cuda_peak_bytes": {k: _peak_cuda(step(k), device) for k in EXECUTIONS}}
 
 
 def policies(num_tasks: int, L: int, learned: dict | None) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -216,6 +226,7 @@ def main(argv=None) -> int:
                     help="policy.json of the demo's AdaShare run (its selected architecture), if present")
     ap.add_argument("--out", default="benchmarks/results/adashare_speed.json")
     ap.add_argument("--only", choices=["search", "tree"], help="run one half (the JSON then holds only that half)")
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="network sizes to measure")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -228,31 +239,33 @@ def main(argv=None) -> int:
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                "threads": args.threads, "reps": args.reps, "torch": torch.__version__, "search": [], "tree": []}
     print(f"threads={args.threads} device={results['device']} reps={args.reps}")
-    print(f"{'search step':<12} {'backbone':<8} {'T':>2} {'window':<6} {'speed-up':>8} {'loop ms':>8} {'batched ms':>10} "
-          f"{'saved MB loop/batched':>22}")
-    for kind in BACKBONES if args.only != "tree" else []:
+    print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
+          f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19}")
+    kinds = [k for size in args.sizes for k in SIZES[size]]
+    for kind in kinds if args.only != "tree" else []:
         for T in args.tasks:
             for window in ("first", "full"):
                 r = search_case(kind, T, window, args.reps, device)
                 results["search"].append(r)
-                print(f"{'':<12} {kind:<8} {T:>2} {window:<6} {r['speedup']:>8.2f} "
-                      f"{1e3 * r['timing']['loop']['median_s']:>8.2f} {1e3 * r['timing']['batched']['median_s']:>10.2f} "
-                      f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['batched'] / 2**20:.2f}")
-    print(f"{'tree':<12} {'backbone':<8} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'infer x':>8}")
-    for kind in BACKBONES if args.only != "search" else []:
+                ms = {k: 1e3 * r["timing"][k]["median_s"] for k in EXECUTIONS}
+                print(f"{'':<12} {kind:<11} {T:>2} {window:<6} {r['speedup']:>7.2f} {r['speedup_batched']:>9.2f} "
+                      f"{ms['loop']:>8.2f} {ms['auto']:>8.2f} {ms['batched']:>10.2f} "
+                      f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f}")
+    print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'infer x':>8}")
+    for kind in kinds if args.only != "search" else []:
         L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
         for T in args.tasks:
             for name, decisions in policies(T, L, learned if kind == "mlp" else None).items():
                 r = tree_case(kind, T, name, decisions, args.reps, device)
                 results["tree"].append(r)
-                print(f"{'':<12} {kind:<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
+                print(f"{'':<12} {kind:<11} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
                       f"{r['inference_speedup']:>8.2f}")
-    if learned and args.only != "search":
+    if learned and args.only != "search" and "small" in args.sizes:
         T = len(learned)
         for name, decisions in policies(T, len(next(iter(learned.values()))), learned).items():
             r = tree_case("mlp_demo", T, name, decisions, args.reps, device)
             results["tree"].append(r)
-            print(f"{'':<12} {'mlp_demo':<8} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
+            print(f"{'':<12} {'mlp_demo':<11} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
                   f"{r['inference_speedup']:>8.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

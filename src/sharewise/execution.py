@@ -38,15 +38,24 @@ def loop_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: t
     return out
 
 
+# auto execution stacks the tasks while T copies of a block's input stay below this many elements
+# (8 MB in float32): above it the arithmetic dominates, the stacked activations leave the CPU's
+# caches and T per-task passes are faster; on a GPU the tasks are always stacked
+STACK_LIMIT = 2 ** 21
+
+
 def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor, pool: nn.Module,
-                           shared_blocks: int = 0) -> list[torch.Tensor]:
+                           shared_blocks: int = 0, stack: bool | None = True) -> list[torch.Tensor]:
     """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
 
     ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
     (the part below AdaShare's curriculum window); they are computed once. The first block in the
     window still has one input for all tasks, so F and S are computed once there too and mixed
-    per task; from then on the activations are one task-interleaved ``(B·T, ...)`` tensor (row
-    ``b·T + t``), which task-aware BatchNorm views as ``(B, T·C, ...)`` without a copy.
+    per task. From then on, ``stack=True``: the activations are one task-interleaved
+    ``(B·T, ...)`` tensor (row ``b·T + t``), which task-aware BatchNorm views as ``(B, T·C, ...)``
+    without a copy, and each block runs once; ``stack=False``: one pass per task over the
+    remaining blocks; ``stack=None``: stacked on a GPU or while T copies of the input hold at
+    most :data:`STACK_LIMIT` elements, else per-task passes.
     """
     num_tasks, num_blocks = policy.shape[0], policy.shape[1]
     pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
@@ -57,6 +66,8 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     if shared_blocks == num_blocks:
         features = pool(h)
         return [features] * num_tasks
+    if stack is None:
+        stack = h.is_cuda or num_tasks * h.numel() <= STACK_LIMIT
     batch = h.shape[0]
     # gate weights as (L, 1, T, 1, ...) views, broadcast over the (B, T, ...) activations
     view = (num_blocks, 1, num_tasks) + (1,) * (h.dim() - 1)
@@ -65,6 +76,14 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     with repeated_passes(num_tasks):  # one input for every task: F and S once, mixed T ways
         f, s = block_branches(blocks[shared_blocks], h)
     stacked = torch.addcmul(skip_w[shared_blocks] * s.unsqueeze(1), exec_w[shared_blocks], f.unsqueeze(1))
+    if not stack:
+        out = []
+        for t in range(num_tasks):
+            h = stacked[:, t]
+            for index in range(shared_blocks + 1, num_blocks):
+                h = apply_block(blocks[index], h, policy[t, index])
+            out.append(pool(h))
+        return out
     with task_groups(num_tasks):
         for index in range(shared_blocks + 1, num_blocks):
             f, s = block_branches(blocks[index], stacked.view(batch * num_tasks, *stacked.shape[2:]))

@@ -91,8 +91,9 @@ class _TaskAware:
             raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
         channels, batch = self.num_features, x.shape[0] // n
         grouped = x.reshape(batch, n * channels, *x.shape[2:])  # a view: rows are (example, task)
-        weight = None if self.weight is None else self.weight.repeat(n)  # the same γ, β for every task
-        bias = None if self.bias is None else self.bias.repeat(n)
+        # the same γ, β for every task (``cat`` is cheaper than ``repeat`` for these small vectors)
+        weight = None if self.weight is None else torch.cat([self.weight] * n)
+        bias = None if self.bias is None else torch.cat([self.bias] * n)
         if not self.track_running_stats or self.running_mean is None:
             return F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps).view_as(x)
         # momentum 1 leaves the batch statistics of every (task, channel) in these buffers
@@ -118,13 +119,24 @@ def _update_running(pending: list[tuple[nn.Module, torch.Tensor]], n: int) -> No
             else:
                 by_kind.setdefault((layer.momentum, stats.dtype, stats.device), []).append((layer, stats))
         for (m, dtype, device), items in by_kind.items():
-            weights = torch.tensor([m * (1.0 - m) ** (n - 1 - k) for k in range(n)], dtype=dtype, device=device)
+            weights = _decay_weights(m, n, dtype, device)
             update = weights @ torch.cat([stats for _, stats in items], dim=2)  # (2, ΣC)
             sizes = [stats.shape[2] for _, stats in items]
             running = [layer.running_mean for layer, _ in items] + [layer.running_var for layer, _ in items]
             torch._foreach_mul_(running, (1.0 - m) ** n)
             torch._foreach_add_(running, list(update[0].split(sizes)) + list(update[1].split(sizes)))
             torch._foreach_add_([layer.num_batches_tracked for layer, _ in items], n)
+
+
+_DECAY: dict[tuple, torch.Tensor] = {}
+
+
+def _decay_weights(m: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``m (1−m)^(T−k)`` for k = 1..T (cached: one small tensor per momentum, T, dtype and device)."""
+    key = (m, n, dtype, device)
+    if key not in _DECAY:
+        _DECAY[key] = torch.tensor([m * (1.0 - m) ** (n - 1 - k) for k in range(n)], dtype=dtype, device=device)
+    return _DECAY[key]
 
 
 class TaskBatchNorm1d(_TaskAware, nn.BatchNorm1d):

@@ -89,8 +89,11 @@ class AdaShareOptions(BaseModel):
     arch_seeds: list[int] | None = Field(None, description="explicit seed per exp_id (default derived from the run seed)")
     retrain_from: Literal["init", "scratch", "search"] = "init"
     # execution (§10): how the search network is computed, never what it computes
-    execution: Literal["batched", "loop"] = Field(
-        "batched", description="batched: task dimension folded into the batch (equal to the loop); loop: one pass per task")
+    execution: Literal["auto", "batched", "loop"] = Field(
+        "auto", description="batched: the part below the window and the first block in it computed once, then the "
+                            "task dimension folded into the batch; auto: the same, but per-task passes after the "
+                            "first block where T copies of the activations are large on a CPU; loop: one full pass "
+                            "per task (the reference); all three compute the same")
 
     @field_validator("cycle_iters")
     @classmethod
@@ -134,11 +137,11 @@ class AdaShareNet(MultiTaskModel):
     """
 
     def __init__(self, backbone: nn.Module, tasks: list[Task], *, skip_layer: int = 0, init_method: str = "equal",
-                 init_neg_logits: float = -10.0, execution: str = "batched") -> None:
+                 init_neg_logits: float = -10.0, execution: str = "auto") -> None:
         super().__init__()
         _check_blocks(backbone)
-        # batched execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
-        self.execution = "batched" if execution == "batched" and can_batch(backbone) else "loop"
+        # stacked execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
+        self.execution = execution if execution == "loop" or can_batch(backbone) else "loop"
         if skip_layer >= len(backbone.blocks):
             raise ConfigError(f"method.skip_layer: {skip_layer} leaves no gated block (the backbone has "
                               f"{len(backbone.blocks)} blocks)")
@@ -177,8 +180,9 @@ class AdaShareNet(MultiTaskModel):
             features = self.backbone.pool(h)
             return {t: self.heads[t](features) for t in names}
         rows = policy[[self._task_index[t] for t in names]]  # (tasks asked, L, 2)
-        if self.execution == "batched":  # v_exec · F(h) + v_skip · S(h), all tasks in one pass
-            features = batched_gated_features(gated, h0, rows, self.backbone.pool, shared_blocks)
+        if self.execution != "loop":  # v_exec · F(h) + v_skip · S(h), the common part once
+            features = batched_gated_features(gated, h0, rows, self.backbone.pool, shared_blocks,
+                                              stack=True if self.execution == "batched" else None)
         else:
             features = loop_gated_features(gated, h0, rows, self.backbone.pool)
         return {t: self.heads[t](f) for t, f in zip(names, features)}
