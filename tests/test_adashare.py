@@ -411,3 +411,115 @@ def test_non_default_options_run(tmp_path):
     policy = json.loads((out / "policy.json").read_text())
     assert policy["blocks"] == ["block1", "block2"] and policy["policy_checkpoint"] == "last"
     assert policy["temperature"] == 4.5 and [a["name"] for a in policy["architectures"]] == ["arch_argmax"]
+
+
+# --------------------------------------------------------------------- per-task BatchNorm (task_bn)
+
+
+def test_per_task_batchnorm_is_a_batchnorm_per_task():
+    """In a pass for task t the layer is exactly a BatchNorm with task t's γ, β and statistics,
+    and only task t's statistics move; stacked rows of a subset of tasks get the same."""
+    from sharewise.backbones.norm import PerTaskBatchNorm, single_task, task_groups
+
+    layer = PerTaskBatchNorm(3, 4, dims=0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(3, 4) + 0.5)
+        layer.bias.copy_(torch.randn(3, 4))
+    x = torch.randn(6, 4)
+    ref = torch.nn.BatchNorm1d(4)
+    with torch.no_grad():
+        ref.weight.copy_(layer.weight[1])
+        ref.bias.copy_(layer.bias[1])
+    with single_task(1):
+        got = layer(x)
+    torch.testing.assert_close(got, ref(x))
+    torch.testing.assert_close(layer.running_mean[1], ref.running_mean)
+    assert torch.all(layer.running_mean[[0, 2]] == 0) and layer.num_batches_tracked.tolist() == [0, 1, 0]
+    # tasks 2 and 0 stacked (rows b·2 + k) equal their own passes
+    twin = PerTaskBatchNorm(3, 4, dims=0)
+    twin.load_state_dict(layer.state_dict())
+    xs = torch.randn(5, 2, 4)
+    with task_groups(2, ids=[2, 0]):
+        stacked = twin(xs.reshape(10, 4)).view(5, 2, 4)
+    for k, t in enumerate([2, 0]):
+        with single_task(t):
+            torch.testing.assert_close(stacked[:, k], layer(xs[:, k]))
+    torch.testing.assert_close(twin.running_mean, layer.running_mean)
+    torch.testing.assert_close(twin.running_var, layer.running_var)
+    assert twin.num_batches_tracked.tolist() == layer.num_batches_tracked.tolist() == [1, 1, 1]
+    with pytest.raises(RuntimeError, match="task context"):
+        layer(x)
+
+
+@pytest.mark.parametrize("name,spec,opts", BACKBONES[:2])
+@pytest.mark.parametrize("execution", ["batched", "auto"])
+def test_task_bn_batched_equals_loop(name, spec, opts, execution):
+    nets = {}
+    for e in ("loop", execution):
+        nets[e], _ = _net(name, spec, opts, execution=e, task_bn=True)
+    net_l, net_b = nets["loop"], nets[execution]
+    with torch.no_grad():  # tasks with different γ
+        for m in net_l.modules():
+            if hasattr(m, "num_tasks") and hasattr(m, "weight"):
+                m.weight.copy_(torch.rand_like(m.weight) + 0.5)
+    net_b.load_state_dict(net_l.state_dict())
+    x = torch.randn(5, *spec.shape)
+    logits = torch.randn(3, net_l.num_gated, 2)
+    policy = torch.softmax(logits, -1)
+    for tasks in (None, ["c", "a"]):  # all tasks, and a subset in another order
+        out_l, out_b = net_l(x, tasks=tasks, policy=policy), net_b(x, tasks=tasks, policy=policy)
+        assert set(out_l) == set(out_b)
+        for t in out_l:
+            torch.testing.assert_close(out_l[t], out_b[t], rtol=1e-4, atol=1e-5)
+        sum(o.sum() for o in out_l.values()).backward()
+        sum(o.sum() for o in out_b.values()).backward()
+    for (n, pl), pb in zip(net_l.named_parameters(), net_b.parameters()):
+        torch.testing.assert_close(pl.grad, pb.grad, rtol=1e-4, atol=1e-4, msg=n)
+    for (n, bl), bb in zip(net_l.named_buffers(), net_b.buffers()):
+        torch.testing.assert_close(bl.float(), bb.float(), rtol=1e-5, atol=1e-6, msg=n)
+    # warm-up (no policy): every block, each task with its own normalisation
+    out = net_b(x)
+    net_l.train()
+    ones = P.decisions_to_policy(torch.ones(3, net_l.num_gated, dtype=torch.bool))
+    for t, o in net_l(x, policy=ones).items():
+        torch.testing.assert_close(o, out[t], rtol=1e-4, atol=1e-5)
+
+
+def test_task_bn_architecture_equals_per_task_passes_and_statistics_stay_per_task():
+    name, spec, opts = BACKBONES[0]
+    net, factory = _net(name, spec, opts, task_bn=True)
+    decisions = {"a": [1, 0, 1], "b": [1, 0, 1], "c": [0, 1, 1]}  # a and b share every block
+    arch = AdaShareArchitecture(factory(), TASKS, decisions, task_bn=True)
+    load_matching(arch, net.state_dict(), "test")
+    norms = [m for m in arch.modules() if type(m).__name__ == "PerTaskBatchNorm"]
+    assert norms and all(m.weight.shape[0] == 3 for m in norms)
+    with torch.no_grad():
+        for m in norms:
+            m.weight.copy_(torch.rand_like(m.weight) + 0.5)
+    net.load_state_dict(arch.state_dict(), strict=False)
+    x = torch.randn(6, *spec.shape)
+    out = arch(x)  # training mode: every task's statistics updated from its own path
+    policy = P.decisions_to_policy(torch.tensor([decisions[t] for t in net.task_names], dtype=torch.bool))
+    want = net(x, policy=policy)
+    for t in out:
+        torch.testing.assert_close(out[t], want[t], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(out["a"], out["b"])  # same blocks, their own normalisation
+    first = norms[0]
+    assert first.num_batches_tracked.tolist() == [1, 1, 0]  # block 0: executed by a and b only
+
+
+def test_task_bn_runs_end_to_end_and_exports(tmp_path):
+    from sharewise.export import export_run, load_exported
+
+    out = tmp_path / "tbn"
+    assert main(["run", "--method", "adashare", "--out", str(out), "--exp-ids", "0", *TINY,
+                 "--set", "method.task_bn=true"]) == 0
+    state = _tensors(out / "checkpoints" / "search" / "best.pt")
+    assert state["backbone.blocks.1.norm1.weight"].shape == (4, 16)  # 4 tasks, width 16
+    assert state["backbone.stem.2.weight"].shape == (16,)  # the stem stays shared
+    info = export_run(out, tmp_path / "model.pt", program=False)
+    model = load_exported(info["path"])
+    assert model.task_bn and set(model(torch.zeros(2, 64))) == {"digit", "parity", "large", "value"}
+    with pytest.raises(ConfigError, match="task_bn"):
+        AdaShareNet(backbone_factory("mlp", {"widths": [8], "norm": "layer"}, InputSpec("vector", (4,)))(), TASKS,
+                    task_bn=True)

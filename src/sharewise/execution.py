@@ -15,37 +15,42 @@ Both replace *how* a gated backbone is computed, never *what* it computes (AdaSh
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .backbones.base import apply_block, block_branches
-from .backbones.norm import repeated_passes, supports_task_groups, task_groups
+from .backbones.norm import has_per_task_norms, repeated_passes, single_task, supports_task_groups, task_groups
 
 PADDING_ROW = (1.0, 0.0)
 
 
 def loop_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor,
-                        pool: nn.Module) -> list[torch.Tensor]:
-    """The reference semantics: one pass over the blocks per task. ``policy``: (T, L, 2)."""
+                        pool: nn.Module, ids: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """The reference semantics: one pass over the blocks per task. ``policy``: (T, L, 2);
+    ``ids``: the rows' task indices (for per-task BatchNorm; default 0..T−1)."""
     out = []
-    for row in policy:
-        h = h0
-        for block, gate in zip(blocks, row):
-            h = apply_block(block, h, gate)
-        out.append(pool(h))
+    for i, row in enumerate(policy):
+        with single_task(ids[i] if ids is not None else i):
+            h = h0
+            for block, gate in zip(blocks, row):
+                h = apply_block(block, h, gate)
+            out.append(pool(h))
     return out
 
 
-# auto execution stacks the tasks while T copies of a block's input stay below this many elements
-# (8 MB in float32): above it the arithmetic dominates, the stacked activations leave the CPU's
-# caches and T per-task passes are faster; on a GPU the tasks are always stacked
-STACK_LIMIT = 2 ** 21
+# auto execution stacks the tasks while T copies of a block's input hold at most this many values
+# (4 MB in float32): above it the arithmetic dominates, the stacked activations leave the CPU's
+# caches and T per-task passes are faster (benchmarks/adashare_speed.py: a 32-px ResNet with 2
+# tasks, 2^21 values, 0.92× stacked against 1.18× per task); on a GPU the tasks are always stacked
+STACK_LIMIT = 2 ** 20
 
 
 def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor, pool: nn.Module,
-                           shared_blocks: int = 0, stack: bool | None = True) -> list[torch.Tensor]:
+                           shared_blocks: int = 0, stack: bool | None = True,
+                           ids: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
 
     ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
@@ -56,8 +61,14 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     without a copy, and each block runs once; ``stack=False``: one pass per task over the
     remaining blocks; ``stack=None``: stacked on a GPU or while T copies of the input hold at
     most :data:`STACK_LIMIT` elements, else per-task passes.
+
+    With per-task BatchNorm (``task_bn``; ``ids`` gives the rows' task indices) no block has the
+    same output for two tasks, so nothing is shared: the tasks are stacked from the first block
+    (or run one pass each).
     """
     num_tasks, num_blocks = policy.shape[0], policy.shape[1]
+    if has_per_task_norms(nn.ModuleList(blocks)):
+        return _per_task_norm_features(blocks, h0, policy, pool, stack, ids)
     pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
     h = h0
     for index in range(shared_blocks):
@@ -92,6 +103,24 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     return list(pool(stacked.view(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
 
 
+def _per_task_norm_features(blocks, h0, policy, pool, stack, ids) -> list[torch.Tensor]:
+    num_tasks = policy.shape[0]
+    if stack is None:
+        stack = h0.is_cuda or num_tasks * h0.numel() <= STACK_LIMIT
+    if not stack:
+        return loop_gated_features(blocks, h0, policy, pool, ids)
+    batch = h0.shape[0]
+    view = (policy.shape[1], 1, num_tasks) + (1,) * (h0.dim() - 1)
+    exec_w, skip_w = policy[..., 0].t().reshape(view), policy[..., 1].t().reshape(view)
+    stacked = h0.unsqueeze(1).expand(batch, num_tasks, *h0.shape[1:])
+    with task_groups(num_tasks, ids):
+        for index, block in enumerate(blocks):
+            f, s = block_branches(block, stacked.reshape(batch * num_tasks, *stacked.shape[2:]))
+            grouped = (batch, num_tasks) + f.shape[1:]
+            stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
+    return list(pool(stacked.view(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
+
+
 def can_batch(module: nn.Module) -> bool:
     """Batched search needs every BatchNorm to be task-aware (built by ``make_norm``)."""
     return supports_task_groups(module)
@@ -99,32 +128,41 @@ def can_batch(module: nn.Module) -> bool:
 
 def tree_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict[str, Sequence[int]],
                   pool: nn.Module, tasks: Sequence[str] | None = None,
-                  counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                  counts: dict[str, int] | None = None,
+                  task_ids: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Pooled features per task for binary ``decisions[task][l]`` (1 execute, 0 skip).
 
     Walks level by level with tasks grouped by their prefix; ``counts`` (optional) receives the
     number of block evaluations (``F``), non-identity shortcut evaluations (``S``) and leaves.
+    ``task_ids`` (per-task BatchNorm, ``task_bn``): every task is its own path from the first
+    block, run with its own normalisation (skipped blocks still cost nothing).
     """
     names = list(tasks if tasks is not None else decisions)
-    groups: list[tuple[list[str], torch.Tensor]] = [(names, h0)]
+    groups: list[tuple[list[str], torch.Tensor]] = ([(names, h0)] if task_ids is None
+                                                    else [([t], h0) for t in names])
     for index, block in enumerate(blocks):
         nxt = []
         for members, h in groups:
             execute = [t for t in members if decisions[t][index]]
             skip = [t for t in members if not decisions[t][index]]
+            scope = single_task(task_ids[members[0]]) if task_ids is not None else contextlib.nullcontext()
+            with scope:
+                f = block(h) if execute else None
+                s = block.shortcut(h) if skip else None
             if execute:
-                nxt.append((execute, block(h)))
+                nxt.append((execute, f))
                 if counts is not None:
                     counts["F"] = counts.get("F", 0) + 1
             if skip:
                 shortcut = block.shortcut
-                nxt.append((skip, shortcut(h)))
+                nxt.append((skip, s))
                 if counts is not None and not isinstance(shortcut, nn.Identity):
                     counts["S"] = counts.get("S", 0) + 1
         groups = nxt
     out = {}
     for members, h in groups:
-        features = pool(h)
+        with single_task(task_ids[members[0]]) if task_ids is not None else contextlib.nullcontext():
+            features = pool(h)
         for t in members:
             out[t] = features
     if counts is not None:

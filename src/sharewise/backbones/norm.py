@@ -14,7 +14,7 @@ statistics.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -25,8 +25,11 @@ from torch import nn
 
 @dataclass
 class _Mode:
-    kind: str  # "groups" or "repeat"
+    kind: str  # "groups", "repeat" or "task"
     tasks: int
+    # which tasks (indices into the model's task list) the rows belong to, in row order, for
+    # per-task normalisation (``task_bn``); None: 0..tasks−1
+    ids: tuple[int, ...] | None = None
     # (layer, (2, T, C) batch means and unbiased variances) for the running statistics, applied
     # together when the task_groups context ends
     pending: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
@@ -36,11 +39,12 @@ _MODE: ContextVar[_Mode | None] = ContextVar("sharewise_task_norm_mode", default
 
 
 @contextlib.contextmanager
-def task_groups(num_tasks: int) -> Iterator[None]:
+def task_groups(num_tasks: int, ids: Sequence[int] | None = None) -> Iterator[None]:
     """Batches are task-interleaved, row ``b · num_tasks + t`` for example b of task t: per-task
     batch statistics. The running statistics of every layer called inside are updated when the
-    context ends (they are not read in training mode), a few operations for all layers together."""
-    mode = _Mode("groups", num_tasks)
+    context ends (they are not read in training mode), a few operations for all layers together.
+    ``ids``: the tasks' indices, for :class:`PerTaskBatchNorm` (default 0..num_tasks−1)."""
+    mode = _Mode("groups", num_tasks, None if ids is None else tuple(ids))
     token = _MODE.set(mode)
     try:
         yield
@@ -53,6 +57,17 @@ def task_groups(num_tasks: int) -> Iterator[None]:
 def repeated_passes(num_tasks: int) -> Iterator[None]:
     """One batch standing for ``num_tasks`` identical passes: running statistics updated that often."""
     token = _MODE.set(_Mode("repeat", num_tasks))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+@contextlib.contextmanager
+def single_task(index: int) -> Iterator[None]:
+    """A pass for one task (its index in the model's task list): :class:`PerTaskBatchNorm` uses
+    that task's parameters and statistics; shared BatchNorm behaves as usual."""
+    token = _MODE.set(_Mode("task", 1, (index,)))
     try:
         yield
     finally:
@@ -149,6 +164,87 @@ class TaskBatchNorm2d(_TaskAware, nn.BatchNorm2d):
 
 class TaskBatchNorm3d(_TaskAware, nn.BatchNorm3d):
     pass
+
+
+class PerTaskBatchNorm(nn.Module):
+    """BatchNorm with its own γ, β and running statistics per task (AdaShare's ``task_bn``).
+
+    Parameters and buffers are (T, C). Which task's row is used comes from the context:
+    :func:`single_task` (one pass) or :func:`task_groups` (task-interleaved rows, normalised in
+    one native call with every task's row as its own channels, so each task's statistics get
+    exactly the update a pass of its own would give). A call outside both is an error: the
+    layer cannot know whose statistics to use.
+    """
+
+    def __init__(self, num_tasks: int, num_features: int, dims: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_tasks, self.num_features, self.dims = num_tasks, num_features, dims
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_tasks, num_features))
+        self.bias = nn.Parameter(torch.zeros(num_tasks, num_features))
+        self.register_buffer("running_mean", torch.zeros(num_tasks, num_features))
+        self.register_buffer("running_var", torch.ones(num_tasks, num_features))
+        self.register_buffer("num_batches_tracked", torch.zeros(num_tasks, dtype=torch.long))
+
+    @classmethod
+    def from_shared(cls, layer: nn.modules.batchnorm._BatchNorm, num_tasks: int, dims: int) -> PerTaskBatchNorm:
+        """T copies of ``layer``'s parameters and statistics."""
+        new = cls(num_tasks, layer.num_features, dims, layer.eps, 0.1 if layer.momentum is None else layer.momentum)
+        with torch.no_grad():
+            if layer.affine:
+                new.weight.copy_(layer.weight.expand(num_tasks, -1))
+                new.bias.copy_(layer.bias.expand(num_tasks, -1))
+            if layer.track_running_stats:
+                new.running_mean.copy_(layer.running_mean.expand(num_tasks, -1))
+                new.running_var.copy_(layer.running_var.expand(num_tasks, -1))
+        return new
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.num_tasks}, features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = _MODE.get()
+        if mode is None or mode.kind == "repeat":
+            raise RuntimeError("PerTaskBatchNorm (task_bn) is called outside a task context: run it through "
+                               "sharewise.execution (single_task / task_groups)")
+        ids = mode.ids if mode.ids is not None else tuple(range(mode.tasks))
+        n = len(ids)
+        if x.shape[0] % n:
+            raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
+        grouped = x.reshape(x.shape[0] // n, n * self.num_features, *x.shape[2:])
+        every = ids == tuple(range(self.num_tasks))
+        index = None if every else torch.tensor(ids, device=x.device)
+        rows = (lambda t: t.reshape(-1)) if every else (lambda t: t.index_select(0, index).reshape(-1))
+        if self.training:
+            mean, var = rows(self.running_mean), rows(self.running_var)  # views when every task, in order
+            out = F.batch_norm(grouped, mean, var, rows(self.weight), rows(self.bias), True, self.momentum, self.eps)
+            if not every:  # write the updated rows back
+                self.running_mean.index_copy_(0, index, mean.view(n, -1))
+                self.running_var.index_copy_(0, index, var.view(n, -1))
+            self.num_batches_tracked.index_add_(0, torch.tensor(ids, device=x.device),
+                                                torch.ones(n, dtype=torch.long, device=x.device))
+        else:
+            out = F.batch_norm(grouped, rows(self.running_mean), rows(self.running_var), rows(self.weight),
+                               rows(self.bias), False, 0.0, self.eps)
+        return out.view_as(x)
+
+
+def per_task_norms(module: nn.Module, num_tasks: int) -> int:
+    """Replace every task-aware BatchNorm inside ``module`` by a :class:`PerTaskBatchNorm`
+    (copies of its parameters for each task); returns how many were replaced."""
+    dims = {TaskBatchNorm1d: 0, TaskBatchNorm2d: 2, TaskBatchNorm3d: 3}
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child) in dims:
+            setattr(module, name, PerTaskBatchNorm.from_shared(child, num_tasks, dims[type(child)]))
+            count += 1
+        else:
+            count += per_task_norms(child, num_tasks)
+    return count
+
+
+def has_per_task_norms(module: nn.Module) -> bool:
+    return any(isinstance(m, PerTaskBatchNorm) for m in module.modules())
 
 
 def supports_task_groups(module: nn.Module) -> bool:

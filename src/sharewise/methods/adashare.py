@@ -36,8 +36,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from ..execution import batched_gated_features, can_batch, loop_gated_features, tree_features
+from ..backbones.norm import per_task_norms
 from ..errors import ConfigError, RunDirError
+from ..execution import PADDING_ROW, batched_gated_features, can_batch, loop_gated_features, tree_features
 from ..seeding import seed_global, stream_seed
 from ..tasks import Task
 from . import _adashare_policy as P
@@ -88,6 +89,8 @@ class AdaShareOptions(BaseModel):
     extract: Literal["sampled", "argmax"] = "sampled"
     arch_seeds: list[int] | None = Field(None, description="explicit seed per exp_id (default derived from the run seed)")
     retrain_from: Literal["init", "scratch", "search"] = "init"
+    task_bn: bool = Field(False, description="separate BatchNorm parameters and statistics per task in the gated "
+                                             "blocks (§10.1); tasks then share no computation in those blocks")
     # execution (§10): how the search network is computed, never what it computes
     execution: Literal["auto", "batched", "loop"] = Field(
         "auto", description="batched: the part below the window and the first block in it computed once, then the "
@@ -127,6 +130,15 @@ def _check_blocks(backbone: nn.Module) -> None:
                               "AdaShare needs blocks whose forward is the whole F(x) and a separate shortcut")
 
 
+def _task_norms(backbone: nn.Module, skip_layer: int, num_tasks: int, task_bn: bool) -> bool:
+    """``task_bn``: per-task BatchNorm in the gated blocks (the stem and ungated blocks stay shared)."""
+    if not task_bn:
+        return False
+    if not per_task_norms(nn.ModuleList(backbone.blocks[skip_layer:]), num_tasks):
+        raise ConfigError("method.task_bn: the backbone's gated blocks have no BatchNorm (backbone.norm: batch)")
+    return True
+
+
 class AdaShareNet(MultiTaskModel):
     """The search network: backbone blocks gated per task by a policy given to ``forward``.
 
@@ -137,9 +149,10 @@ class AdaShareNet(MultiTaskModel):
     """
 
     def __init__(self, backbone: nn.Module, tasks: list[Task], *, skip_layer: int = 0, init_method: str = "equal",
-                 init_neg_logits: float = -10.0, execution: str = "auto") -> None:
+                 init_neg_logits: float = -10.0, execution: str = "auto", task_bn: bool = False) -> None:
         super().__init__()
         _check_blocks(backbone)
+        self.task_bn = _task_norms(backbone, skip_layer, len(tasks), task_bn)
         # stacked execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
         self.execution = execution if execution == "loop" or can_batch(backbone) else "loop"
         if skip_layer >= len(backbone.blocks):
@@ -173,18 +186,21 @@ class AdaShareNet(MultiTaskModel):
         names = list(tasks or self.task_names)
         h0 = self._trunk(x)
         gated = self.backbone.blocks[self.skip_layer:]
+        if policy is None and self.task_bn:  # every block, but each task with its own normalisation
+            policy = h0.new_tensor(PADDING_ROW).expand(len(self.tasks), self.num_gated, 2)
         if policy is None:
             h = h0
             for block in gated:
                 h = block(h)
             features = self.backbone.pool(h)
             return {t: self.heads[t](features) for t in names}
-        rows = policy[[self._task_index[t] for t in names]]  # (tasks asked, L, 2)
+        ids = [self._task_index[t] for t in names]
+        rows = policy[ids]  # (tasks asked, L, 2)
         if self.execution != "loop":  # v_exec · F(h) + v_skip · S(h), the common part once
             features = batched_gated_features(gated, h0, rows, self.backbone.pool, shared_blocks,
-                                              stack=True if self.execution == "batched" else None)
+                                              stack=True if self.execution == "batched" else None, ids=ids)
         else:
-            features = loop_gated_features(gated, h0, rows, self.backbone.pool)
+            features = loop_gated_features(gated, h0, rows, self.backbone.pool, ids)
         return {t: self.heads[t](f) for t, f in zip(names, features)}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -236,9 +252,10 @@ class AdaShareArchitecture(MultiTaskModel):
     """
 
     def __init__(self, backbone: nn.Module, tasks: list[Task], decisions: dict[str, Sequence[int]], *,
-                 skip_layer: int = 0) -> None:
+                 skip_layer: int = 0, task_bn: bool = False) -> None:
         super().__init__()
         _check_blocks(backbone)
+        self.task_bn = _task_norms(backbone, skip_layer, len(tasks), task_bn)
         self.tasks = list(tasks)
         self.skip_layer = skip_layer
         num_gated = len(backbone.blocks) - skip_layer
@@ -257,7 +274,9 @@ class AdaShareArchitecture(MultiTaskModel):
         for block in self.backbone.blocks[:self.skip_layer]:
             h0 = block(h0)
         names = list(tasks or self.task_names)
-        features = tree_features(self.backbone.blocks[self.skip_layer:], h0, self.decisions, self.backbone.pool, names)
+        task_ids = {t.name: i for i, t in enumerate(self.tasks)} if self.task_bn else None
+        features = tree_features(self.backbone.blocks[self.skip_layer:], h0, self.decisions, self.backbone.pool, names,
+                                 task_ids=task_ids)
         leaves: dict[int, list[str]] = {}
         for t in names:
             leaves.setdefault(id(features[t]), []).append(t)
@@ -322,7 +341,7 @@ class AdaShare(Method):
     def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> AdaShareNet:
         o = self.options
         return AdaShareNet(backbone_factory(), tasks, skip_layer=o.skip_layer, init_method=o.init_method,
-                           init_neg_logits=o.init_neg_logits, execution=o.execution)
+                           init_neg_logits=o.init_neg_logits, execution=o.execution, task_bn=o.task_bn)
 
     # ------------------------------------------------------------------ sizing
 
@@ -548,7 +567,8 @@ class AdaShare(Method):
         source = self.options.retrain_from
         if source == "scratch":
             torch.manual_seed(stream_seed(arch["seed"], "init"))
-        model = AdaShareArchitecture(ctx.backbone_factory(), ctx.tasks, arch["policy"], skip_layer=self.options.skip_layer)
+        model = AdaShareArchitecture(ctx.backbone_factory(), ctx.tasks, arch["policy"], skip_layer=self.options.skip_layer,
+                                     task_bn=self.options.task_bn)
         if source == "init":
             path = ctx.run_dir / "checkpoints" / "init.pt"
             load_matching(model, _load(path)["model"], str(path))
@@ -558,7 +578,7 @@ class AdaShare(Method):
 
     def candidate_model(self, ctx: Any, candidate: Candidate) -> MultiTaskModel:
         model = AdaShareArchitecture(ctx.backbone_factory(), ctx.tasks, candidate.info["policy"],
-                                     skip_layer=self.options.skip_layer)
+                                     skip_layer=self.options.skip_layer, task_bn=self.options.task_bn)
         return model.to(ctx.device)
 
     def search_result(self, ctx: Any) -> dict[str, Any]:
