@@ -79,13 +79,9 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
         return [features] * num_tasks
     if stack is None:
         stack = h.is_cuda or num_tasks * h.numel() <= STACK_LIMIT
-    batch = h.shape[0]
-    # gate weights as (L, 1, T, 1, ...) views, broadcast over the (B, T, ...) activations
-    view = (num_blocks, 1, num_tasks) + (1,) * (h.dim() - 1)
-    exec_w = policy[..., 0].t().reshape(view)
-    skip_w = policy[..., 1].t().reshape(view)
     with repeated_passes(num_tasks):  # one input for every task: F and S once, mixed T ways
         f, s = block_branches(blocks[shared_blocks], h)
+    exec_w, skip_w = _gate_views(policy, h.dim())
     stacked = torch.addcmul(skip_w[shared_blocks] * s.unsqueeze(1), exec_w[shared_blocks], f.unsqueeze(1))
     if not stack:
         out = []
@@ -95,12 +91,7 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
                 h = apply_block(blocks[index], h, policy[t, index])
             out.append(pool(h))
         return out
-    with task_groups(num_tasks):
-        for index in range(shared_blocks + 1, num_blocks):
-            f, s = block_branches(blocks[index], stacked.view(batch * num_tasks, *stacked.shape[2:]))
-            grouped = (batch, num_tasks) + f.shape[1:]
-            stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
-    return list(pool(stacked.view(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
+    return _stacked_features(blocks, stacked, policy, pool, shared_blocks + 1, None)
 
 
 def _per_task_norm_features(blocks, h0, policy, pool, stack, ids) -> list[torch.Tensor]:
@@ -109,16 +100,27 @@ def _per_task_norm_features(blocks, h0, policy, pool, stack, ids) -> list[torch.
         stack = h0.is_cuda or num_tasks * h0.numel() <= STACK_LIMIT
     if not stack:
         return loop_gated_features(blocks, h0, policy, pool, ids)
-    batch = h0.shape[0]
-    view = (policy.shape[1], 1, num_tasks) + (1,) * (h0.dim() - 1)
-    exec_w, skip_w = policy[..., 0].t().reshape(view), policy[..., 1].t().reshape(view)
-    stacked = h0.unsqueeze(1).expand(batch, num_tasks, *h0.shape[1:])
+    stacked = h0.unsqueeze(1).expand(h0.shape[0], num_tasks, *h0.shape[1:])
+    return _stacked_features(blocks, stacked, policy, pool, 0, ids)
+
+
+def _gate_views(policy: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Execute and skip weights as (L, 1, T, 1, ...) views, broadcast over (B, T, ...) activations."""
+    view = (policy.shape[1], 1, policy.shape[0]) + (1,) * (dims - 1)
+    return policy[..., 0].t().reshape(view), policy[..., 1].t().reshape(view)
+
+
+def _stacked_features(blocks, stacked: torch.Tensor, policy: torch.Tensor, pool: nn.Module, start: int,
+                      ids: Sequence[int] | None) -> list[torch.Tensor]:
+    """Blocks ``start``.. on (B, T, ...) activations, run as one task-interleaved (B·T, ...) batch."""
+    batch, num_tasks = stacked.shape[:2]
+    exec_w, skip_w = _gate_views(policy, stacked.dim() - 1)
     with task_groups(num_tasks, ids):
-        for index, block in enumerate(blocks):
-            f, s = block_branches(block, stacked.reshape(batch * num_tasks, *stacked.shape[2:]))
+        for index in range(start, policy.shape[1]):
+            f, s = block_branches(blocks[index], stacked.reshape(batch * num_tasks, *stacked.shape[2:]))
             grouped = (batch, num_tasks) + f.shape[1:]
             stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
-    return list(pool(stacked.view(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
+    return list(pool(stacked.reshape(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
 
 
 def can_batch(module: nn.Module) -> bool:
