@@ -3,10 +3,12 @@
 Both replace *how* a gated backbone is computed, never *what* it computes (AdaShare §10):
 
 - :func:`batched_gated_features`: a soft or hard policy over T tasks. The blocks that every task
-  executes with the padding row (1, 0) are computed once on the shared input; from the first
-  gated block on, the activations of all tasks are one ``(T·B, ...)`` tensor and each block runs
-  once on it, with per-task gate weights. Task-aware BatchNorm (``backbones.norm``) keeps batch
-  and running statistics per task exactly as T separate passes would.
+  executes with the padding row (1, 0), and the branches of the first block in the window, are
+  computed once on the shared input; from there the activations of all tasks are one
+  task-interleaved ``(B·T, ...)`` tensor and each block runs once on it, with per-task gate
+  weights (or, for large activations on a CPU, one pass per task). Task-aware BatchNorm
+  (``backbones.norm``) keeps batch and running statistics per task exactly as T separate passes
+  would. :func:`loop_gated_features` is the reference (one full pass per task).
 - :func:`tree_features`: binary decisions per task. Two tasks have identical activations after
   block l iff their decisions agree on blocks 0..l, so the computation is a prefix tree: every
   distinct prefix is computed once (forward and, through autograd, backward) and a skipped block

@@ -152,12 +152,12 @@ class AdaShareNet(MultiTaskModel):
                  init_neg_logits: float = -10.0, execution: str = "auto", task_bn: bool = False) -> None:
         super().__init__()
         _check_blocks(backbone)
-        self.task_bn = _task_norms(backbone, skip_layer, len(tasks), task_bn)
-        # stacked execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
-        self.execution = execution if execution == "loop" or can_batch(backbone) else "loop"
         if skip_layer >= len(backbone.blocks):
             raise ConfigError(f"method.skip_layer: {skip_layer} leaves no gated block (the backbone has "
                               f"{len(backbone.blocks)} blocks)")
+        self.task_bn = _task_norms(backbone, skip_layer, len(tasks), task_bn)
+        # stacked execution needs task-aware BatchNorm (make_norm builds it); otherwise the loop
+        self.execution = execution if execution == "loop" or can_batch(backbone) else "loop"
         self.tasks = list(tasks)
         self.skip_layer = skip_layer
         self.backbone = backbone
