@@ -14,13 +14,13 @@ Prints a table and writes ``benchmarks/results/adult_baselines.json``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from sharewise.config import load_config
 from sharewise.data import build_data
+from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adult_baselines.json"
 
@@ -60,10 +60,7 @@ def main() -> None:
     for name, t in result["tasks"].items():
         pred = f"{t['prediction']:.1f}" if isinstance(t["prediction"], float) else str(t["prediction"])
         print(f"{name:<16} {t['predictor']:<38} {pred:<20} {t['metric']:<12} {t['test']:.4f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ import torch
 
 from sharewise.config import validate_config
 from sharewise.data import build_data
+from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def load(data_dir: str, cache: str, image_size: int | None, cache_dir: str, alphabets: str):
@@ -95,10 +95,7 @@ def main() -> None:
         "ratio_memory_vs_none": med["none"] / med["memory"],
         "ratio_disk_vs_none": med["none"] / med["disk"],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import pandas as pd
 from sharewise.config import load_config
 from sharewise.data import build_data
 from sharewise.metrics import mean_sd
+from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ixi_baselines.json"
 
@@ -107,10 +107,7 @@ def main() -> None:
     print(f"mean ± sd (n = {a['n']}): age MAE {a['mean']:.3f} ± {a['sd']:.3f}, sex accuracy {x['mean']:.4f} ± {x['sd']:.4f}")
     for path, verdict in result["split_check"].items():
         print(f"split {path}: {verdict}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

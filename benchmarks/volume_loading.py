@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import tempfile
@@ -38,6 +37,7 @@ import torch
 
 from sharewise.config import load_config
 from sharewise.data import build_data
+from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volume_loading.json"
 CONDITIONS = ("none", "memory", "disk")
@@ -100,10 +100,7 @@ def main() -> None:
     print(f"{'cache':<8} {'volumes/s (median)':>19} {'min':>8} {'max':>8} {'× none':>8}")
     for c in CONDITIONS:
         print(f"{c:<8} {median[c]:>19.1f} {min(rates[c]):>8.1f} {max(rates[c]):>8.1f} {result['ratio_vs_none'][c]:>8.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":
