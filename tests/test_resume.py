@@ -73,17 +73,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_checkpoint(tmp_path, monkeypatch):
-    from sharewise.tasks import Task
+    from sharewise.engine import trainer as trainer_module
 
     calls = {"n": 0}
-    original = Task.compute_loss
+    original = trainer_module.compute_losses
 
-    def poisoned(self, output, target, mask):
+    def poisoned(tasks, outputs):  # the parity loss turns NaN from the 7th step on
         calls["n"] += 1
-        loss = original(self, output, target, mask)
-        return loss * float("nan") if calls["n"] > 4 * 6 and self.name == "parity" else loss
+        losses = original(tasks, outputs)
+        if calls["n"] > 6:
+            losses = losses * torch.tensor([float("nan") if t == "parity" else 1.0 for t in outputs])
+        return losses
 
-    monkeypatch.setattr(Task, "compute_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "compute_losses", poisoned)
     cfg = validate_config({"backbone": {"width": 8, "depth": 1}, "train": {"epochs": 2, "progress": False,
                            "checkpoint_every_s": 0.0001}, "output": {"dir": str(tmp_path / "nan"), "tensorboard": False}})
     with pytest.raises(TrainingError) as err:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,19 +60,7 @@ class Task:
         (their targets may hold any value), and a batch without a known target gives 0
         with the head still in the autograd graph.
         """
-        m = mask.to(output.dtype)
-        if self.kind == "categorical":
-            safe = torch.where(mask, target.long(), torch.zeros_like(target.long()))
-            per_row = F.cross_entropy(output, safe, reduction="none")
-        elif self.kind == "numerical":
-            pred = output.reshape(-1)
-            safe = torch.where(mask, target.to(output.dtype), pred.detach())
-            diff = pred - safe
-            per_row = diff.abs() if self.loss == "l1" else diff.pow(2)
-        else:
-            safe = torch.where(mask[:, None], target.to(output.dtype), torch.zeros_like(output))
-            per_row = F.binary_cross_entropy_with_logits(output, safe, reduction="none").mean(1)
-        return (per_row * m).sum() / m.sum().clamp_min(1.0)
+        return _masked_loss(self.kind, self.loss, output, target, mask)
 
     def predict(self, output: torch.Tensor) -> np.ndarray:
         """Scores for metrics: class probabilities, values in original units, or label probabilities."""
@@ -121,3 +109,55 @@ def _jsonable(v: Any) -> Any:
 def validation_objective(losses: dict[str, float], tasks: Sequence[Task]) -> float:
     """Selection score without references: ``−Σ_t λ_t L_t^val`` (protocol point 2)."""
     return -sum(t.weight * losses[t.name] for t in tasks)
+
+
+def _masked_loss(kind: str, loss: str, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:meth:`Task.compute_loss` over any leading dimensions: ``output`` (..., B, out), ``target``
+    (..., B) or (..., B, C), ``mask`` (..., B) -> losses (...)."""
+    m = mask.to(output.dtype)
+    if kind == "categorical":
+        safe = torch.where(mask, target.long(), 0)
+        per_row = F.cross_entropy(output.reshape(-1, output.shape[-1]), safe.reshape(-1), reduction="none")
+        per_row = per_row.view(mask.shape)
+    elif kind == "numerical":
+        pred = output.reshape(mask.shape)
+        safe = torch.where(mask, target.to(output.dtype), pred.detach())
+        diff = pred - safe
+        per_row = diff.abs() if loss == "l1" else diff.pow(2)
+    else:
+        safe = torch.where(mask.unsqueeze(-1), target.to(output.dtype), 0.0)
+        per_row = F.binary_cross_entropy_with_logits(output, safe, reduction="none").mean(-1)
+    return (per_row * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def compute_losses(tasks: Sequence[Task], outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                   ) -> torch.Tensor:
+    """Every task's :meth:`Task.compute_loss` as one (len(outputs),) tensor, in the order of ``outputs``
+    (``{task: (output, target, mask)}``).
+
+    Tasks of the same kind and loss whose tensors have the same shapes are computed together, in
+    one call per operation: with many small heads the T separate losses (about ten operations
+    each, forward and backward) are a fixed cost of every step that no sharing removes.
+    """
+    by_name = {t.name: t for t in tasks}
+    groups: dict[tuple, list[int]] = {}
+    items = list(outputs.items())
+    if not items:
+        return torch.zeros(0)
+    for i, (name, (out, y, m)) in enumerate(items):
+        task = by_name[name]
+        key = (task.kind, task.loss, out.shape, y.shape, m.shape, out.dtype, y.dtype, out.device)
+        groups.setdefault(key, []).append(i)
+    parts, order = [], []
+    for (kind, loss, *_), index in groups.items():
+        if len(index) == 1:
+            out, y, m = items[index[0]][1]
+            parts.append(_masked_loss(kind, loss, out, y, m).unsqueeze(0))
+        else:
+            stacked = [torch.stack([items[i][1][k] for i in index]) for k in range(3)]
+            parts.append(_masked_loss(kind, loss, *stacked))
+        order.extend(index)
+    losses = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if order != sorted(order):
+        losses = losses[torch.tensor(order, device=losses.device).argsort()]
+    return losses

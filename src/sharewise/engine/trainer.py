@@ -25,7 +25,7 @@ from ..errors import TrainingError
 from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
 from ..metrics import delta_mtl, delta_task, higher_is_better
 from ..seeding import global_rng_state, set_global_rng_state
-from ..tasks import Task, validation_objective
+from ..tasks import Task, compute_losses, validation_objective
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, forward_batch, to_device
@@ -298,16 +298,16 @@ class Trainer:
         with self._autocast():
             outputs = forward_batch(self.ddp if use_ddp else self.model, batch, names, kwargs)
         by_name = {t.name: t for t in self.tasks}
-        total = torch.zeros((), device=self.device)
-        logged = {}
-        for t, (out, y, m) in outputs.items():
-            task_loss = by_name[t].compute_loss(out.float(), y, m)
-            if not _all_finite(task_loss):
-                raise TrainingError(
-                    f"non-finite loss ({task_loss.item()}) in task {t!r}, phase {phase.name!r}, step {state.step + 1}; "
-                    f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
-            total = total + by_name[t].weight * task_loss
-            logged[f"loss/{t}"] = task_loss.item()
+        names = list(outputs)
+        losses = compute_losses(self.tasks, {t: (out.float(), y, m) for t, (out, y, m) in outputs.items()})
+        if names and not _all_finite(losses):
+            bad = next(i for i, v in enumerate(losses.tolist()) if not math.isfinite(v))
+            raise TrainingError(
+                f"non-finite loss ({losses[bad].item()}) in task {names[bad]!r}, phase {phase.name!r}, "
+                f"step {state.step + 1}; the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
+        weights = torch.tensor([by_name[t].weight for t in names], dtype=losses.dtype, device=losses.device)
+        total = (losses * weights).sum() if names else torch.zeros((), device=self.device)
+        logged = {f"loss/{t}": v for t, v in zip(names, losses.tolist())}
         if stretch.objective == "task+aux":
             aux = self.model.aux_losses(**(stretch.aux_kwargs(state) if stretch.aux_kwargs else {}))
             for name, value in aux.items():
@@ -324,7 +324,9 @@ class Trainer:
         if spec.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+            # one foreach call, not one norm per parameter (as clip_grad_norm_ computes it)
+            grads = [p.grad.detach() for p in params]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         if self.scaler is None and not _all_finite(norm):  # fp16: the scaler skips such steps itself
             raise TrainingError(
                 f"non-finite gradient in phase {phase.name!r}, step {state.step + 1} (stretch on {stretch.split!r}); "
