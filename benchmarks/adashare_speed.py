@@ -9,7 +9,8 @@
 - Memory: bytes saved for backward (CPU; the activations a step keeps) and, on a GPU, the peak
   allocated memory.
 
-Variants alternate A B A B after a warm-up; medians and min–max over repetitions are reported.
+Variants alternate A B A B after a warm-up, each timing a block of consecutive calls (about
+30 ms); medians and min–max over repetitions of the time per call are reported.
 
     python benchmarks/adashare_speed.py [--threads 2] [--reps 15] [--device cpu|cuda] [--sizes small large]
         [--out benchmarks/results/adashare_speed.json]
@@ -18,6 +19,7 @@ Variants alternate A B A B after a warm-up; medians and min–max over repetitio
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -35,7 +37,7 @@ from sharewise.execution import per_task_features
 from sharewise.methods import _adashare_policy as P
 from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet
 from sharewise.methods.base import OptimSpec
-from sharewise.tasks import Task
+from sharewise.tasks import Task, compute_losses
 
 BACKBONES = {
     # small networks, where per-operation overhead is a large part of a step
@@ -92,16 +94,38 @@ def _peak_cuda(fn, device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device))
 
 
+# each timing is a block of consecutive calls lasting about this long (divided by its count): a
+# single call right after another variant starts from the caches that variant left (25 % slower
+# for the small MLP's tree inference), while a training run calls the same step back to back
+BLOCK_S = 0.03
+
+
 def compare(variants: dict, reps: int, device) -> dict:
-    """Alternate the variants, after two warm-up rounds; medians and spreads in seconds."""
+    """Alternate the variants, A×n B×m A×n B×m, after two warm-up rounds; medians and spreads of
+    seconds per call. The garbage collector is off while timing (as in ``timeit``): a
+    collection lands in whichever variant happens to allocate the object that triggers it."""
+    calls = {}
     for _ in range(2):
-        for fn in variants.values():
-            fn()
-    times = {k: [] for k in variants}
-    for _ in range(reps):
         for k, fn in variants.items():
-            times[k].append(_time(fn, device))
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for k, v in times.items()}
+            calls[k] = max(1, round(BLOCK_S / max(_time(fn, device), 1e-6)))
+    times = {k: [] for k in variants}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for k, fn in variants.items():
+                times[k].append(_time(_repeat(fn, calls[k]), device) / calls[k])
+    finally:
+        gc.enable()
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls_per_timing": calls[k]}
+            for k, v in times.items()}
+
+
+def _repeat(fn, n: int):
+    def run():
+        for _ in range(n):
+            fn()
+    return run
 
 
 def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> dict:
@@ -136,7 +160,7 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
                 if not grad_logits:
                     policy = policy.detach()
                 out = net(x, policy=policy, shared_blocks=L - n)
-                loss = sum(t.compute_loss(out[t.name], y, mask) for t in tasks)
+                loss = compute_losses(tasks, {t.name: (out[t.name], y, mask) for t in tasks}).sum()  # as the engine
                 if grad_logits:
                     aux = net.aux_losses(window=n, sparsity_weight=0.05, sharing_weight=0.05)
                     loss = loss + sum(aux.values())
@@ -147,7 +171,13 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
 
     timing = compare({k: step(k) for k in EXECUTIONS}, reps, device)
     memory = {k: _saved_bytes(step(k)) for k in EXECUTIONS}
+    # the limit: forward FLOPs of the loop over the stacked forward (the shared part computed once;
+    # all tasks run both branches of every block in the window, as in the loop)
+    policy = P.sample_policy(nets["loop"][0].policy.logits.detach(), 2.0, n, gen)
+    with torch.no_grad():
+        flops = {k: count_flops(nets[k][0], x, policy=policy, shared_blocks=L - n) for k in ("loop", "batched")}
     return {"backbone": kind, "tasks": num_tasks, "window": window, "blocks": L, "timing": timing,
+            "flop_ratio": flops["loop"] / flops["batched"],
             "speedup": timing["loop"]["median_s"] / timing["auto"]["median_s"],
             "speedup_batched": timing["loop"]["median_s"] / timing["batched"]["median_s"],
             "saved_bytes": memory, "cuda_peak_bytes": {k: _peak_cuda(step(k), device) for k in EXECUTIONS}}
@@ -186,34 +216,46 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
             out[t] = arch.heads[t](feats[t])
         return out
 
-    def train_step(tree):
+    def train_step(tree, step=True):
         def run():
-            arch.train()
             out = forward(tree)
-            loss = sum(t.compute_loss(out[t.name], y, mask) for t in tasks)
+            loss = compute_losses(tasks, {t.name: (out[t.name], y, mask) for t in tasks}).sum()  # as the engine
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            if step:
+                optimiser.step()
         return run
 
     def infer(tree):
         def run():
-            arch.eval()
             with torch.no_grad():
                 forward(tree)
         return run
 
-    train = compare({"per_task": train_step(False), "tree": train_step(True)}, reps, device)
-    inference = compare({"per_task": infer(False), "tree": infer(True)}, reps, device)
+    # the mode is set once per comparison: switching it walks every module (0.1 ms on the small MLP)
+    arch.train()
+    # also without the Adam step: a fixed cost (about 5 µs per parameter tensor on a CPU) that
+    # both variants pay and no sharing removes
+    train = compare({"per_task": train_step(False), "tree": train_step(True),
+                     "per_task_no_step": train_step(False, step=False), "tree_no_step": train_step(True, step=False)},
+                    reps, device)
+    saved = {"per_task": _saved_bytes(train_step(False)), "tree": _saved_bytes(train_step(True))}
     arch.eval()
+    inference = compare({"per_task": infer(False), "tree": infer(True)}, reps, device)
     one = x[:1]
     per_task_flops = sum(count_flops(arch, one, tasks=[t.name]) for t in tasks)
     tree_flops = count_flops(arch, one)
     return {"backbone": kind, "tasks": num_tasks, "policy": name, "decisions": {k: list(v) for k, v in decisions.items()},
             "flop_ratio": per_task_flops / tree_flops, "train": train, "inference": inference,
             "train_speedup": train["per_task"]["median_s"] / train["tree"]["median_s"],
+            "train_speedup_no_step": train["per_task_no_step"]["median_s"] / train["tree_no_step"]["median_s"],
             "inference_speedup": inference["per_task"]["median_s"] / inference["tree"]["median_s"],
-            "saved_bytes": {"per_task": _saved_bytes(train_step(False)), "tree": _saved_bytes(train_step(True))}}
+            "saved_bytes": saved}
+
+
+def _print_tree(r: dict) -> None:
+    print(f"{'':<12} {r['backbone']:<11} {r['tasks']:>2} {r['policy']:<13} {r['flop_ratio']:>10.2f} "
+          f"{r['train_speedup']:>8.2f} {r['train_speedup_no_step']:>9.2f} {r['inference_speedup']:>8.2f}")
 
 
 def main(argv=None) -> int:
@@ -239,7 +281,7 @@ def main(argv=None) -> int:
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                "threads": args.threads, "reps": args.reps, "torch": torch.__version__, "search": [], "tree": []}
     print(f"threads={args.threads} device={results['device']} reps={args.reps}")
-    print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
+    print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'FLOP ratio':>10} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
           f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19}")
     kinds = [k for size in args.sizes for k in SIZES[size]]
     for kind in kinds if args.only != "tree" else []:
@@ -248,25 +290,24 @@ def main(argv=None) -> int:
                 r = search_case(kind, T, window, args.reps, device)
                 results["search"].append(r)
                 ms = {k: 1e3 * r["timing"][k]["median_s"] for k in EXECUTIONS}
-                print(f"{'':<12} {kind:<11} {T:>2} {window:<6} {r['speedup']:>7.2f} {r['speedup_batched']:>9.2f} "
+                print(f"{'':<12} {kind:<11} {T:>2} {window:<6} {r['flop_ratio']:>10.2f} {r['speedup']:>7.2f} {r['speedup_batched']:>9.2f} "
                       f"{ms['loop']:>8.2f} {ms['auto']:>8.2f} {ms['batched']:>10.2f} "
                       f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f}")
-    print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'infer x':>8}")
+    print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'no step x':>9} "
+          f"{'infer x':>8}")
     for kind in kinds if args.only != "search" else []:
         L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
         for T in args.tasks:
             for name, decisions in policies(T, L, learned if kind == "mlp" else None).items():
                 r = tree_case(kind, T, name, decisions, args.reps, device)
                 results["tree"].append(r)
-                print(f"{'':<12} {kind:<11} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
-                      f"{r['inference_speedup']:>8.2f}")
+                _print_tree(r)
     if learned and args.only != "search" and "small" in args.sizes:
         T = len(learned)
         for name, decisions in policies(T, len(next(iter(learned.values()))), learned).items():
             r = tree_case("mlp_demo", T, name, decisions, args.reps, device)
             results["tree"].append(r)
-            print(f"{'':<12} {'mlp_demo':<11} {T:>2} {name:<13} {r['flop_ratio']:>10.2f} {r['train_speedup']:>8.2f} "
-                  f"{r['inference_speedup']:>8.2f}")
+            _print_tree(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
