@@ -106,10 +106,11 @@ def _per_task_norm_features(blocks, h0, policy, pool, stack, ids) -> list[torch.
     return _stacked_features(blocks, stacked, policy, pool, 0, ids)
 
 
-def _gate_views(policy: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Execute and skip weights as (L, 1, T, 1, ...) views, broadcast over (B, T, ...) activations."""
+def _gate_views(policy: torch.Tensor, dims: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Execute and skip weights per block as (1, T, 1, ...) views, broadcast over (B, T, ...)
+    activations; unbound in one operation (one backward node, not one per block)."""
     view = (policy.shape[1], 1, policy.shape[0]) + (1,) * (dims - 1)
-    return policy[..., 0].t().reshape(view), policy[..., 1].t().reshape(view)
+    return policy[..., 0].t().reshape(view).unbind(0), policy[..., 1].t().reshape(view).unbind(0)
 
 
 def _stacked_features(blocks, stacked: torch.Tensor, policy: torch.Tensor, pool: nn.Module, start: int,
