@@ -150,12 +150,8 @@ def compute_losses(tasks: Sequence[Task], outputs: Mapping[str, tuple[torch.Tens
         groups.setdefault(key, []).append(i)
     parts, order = [], []
     for (kind, loss, *_), index in groups.items():
-        if len(index) == 1:
-            out, y, m = items[index[0]][1]
-            parts.append(_masked_loss(kind, loss, out, y, m).unsqueeze(0))
-        else:
-            stacked = [torch.stack([items[i][1][k] for i in index]) for k in range(3)]
-            parts.append(_masked_loss(kind, loss, *stacked))
+        stacked = [torch.stack([items[i][1][k] for i in index]) for k in range(3)]
+        parts.append(_masked_loss(kind, loss, *stacked))
         order.extend(index)
     losses = torch.cat(parts) if len(parts) > 1 else parts[0]
     if order != sorted(order):
