@@ -508,6 +508,27 @@ def test_task_bn_architecture_equals_per_task_passes_and_statistics_stay_per_tas
     assert first.num_batches_tracked.tolist() == [1, 1, 0]  # block 0: executed by a and b only
 
 
+def test_task_bn_parameter_counts_put_one_row_on_each_path():
+    from sharewise.cost import parameter_counts
+
+    name, spec, opts = BACKBONES[0]
+    _, factory = _net(name, spec, opts)
+    decisions = {"a": [1, 0, 1], "b": [1, 0, 1], "c": [0, 1, 1]}
+    plain = parameter_counts(AdaShareArchitecture(factory(), TASKS, decisions))
+    per_task_bn = parameter_counts(AdaShareArchitecture(factory(), TASKS, decisions, task_bn=True))
+    # a task's path holds its own row of γ, β: as many elements as one shared BatchNorm
+    assert per_task_bn["per_task"] == plain["per_task"]
+    blocks = factory().blocks
+    bn = [sum(p.numel() for m in b.modules() if isinstance(m, torch.nn.BatchNorm1d) for p in m.parameters())
+          for b in blocks]
+    users = [sum(decisions[t][j] for t in decisions) for j in range(len(blocks))]
+    assert users == [2, 1, 3] and all(bn)
+    # the rows are never shared; every executing task adds its own row to the used count
+    assert plain["shared"] - per_task_bn["shared"] == bn[0] + bn[2]
+    assert per_task_bn["unique_used"] - plain["unique_used"] == sum((u - 1) * n for u, n in zip(users, bn) if u)
+    assert per_task_bn["total"] - plain["total"] == 2 * sum(bn)  # (T, C) rows for 3 tasks against 1
+
+
 def test_task_bn_runs_end_to_end_and_exports(tmp_path):
     from sharewise.export import export_run, load_exported
 

@@ -22,19 +22,40 @@ def count(params) -> int:
     return sum(p.numel() for p in _unique(params).values())
 
 
+def _path_pieces(modules, task_index: int) -> dict[tuple[int, int | None], int]:
+    """The parameter elements on one task's path, keyed by (tensor, row): a module with
+    ``per_task_rows`` (one row of each parameter per task, e.g. ``PerTaskBatchNorm``) contributes
+    only the task's own row; any other module its whole tensors."""
+    pieces: dict[tuple[int, int | None], int] = {}
+    for top in modules:
+        for m in top.modules():
+            rows = getattr(m, "per_task_rows", False)
+            for p in m.parameters(recurse=False):
+                if rows:
+                    pieces[(id(p), task_index)] = p[task_index].numel()
+                else:
+                    pieces[(id(p), None)] = p.numel()
+    return pieces
+
+
 def parameter_counts(model: Any) -> dict[str, Any]:
-    """Total, per group, shared (on ≥ 2 task paths), per-task path and unique-used counts."""
+    """Total, per group, shared (on ≥ 2 task paths), per-task path and unique-used counts.
+
+    A task's path is the parameters of ``model.task_modules(task)``; of a layer with a row per
+    task (``per_task_rows``) only that task's row is on its path."""
     all_params = _unique(model.parameters())
     groups = {name: count(ps) for name, ps in model.param_groups().items()}
-    users: dict[int, int] = {}
+    users: dict[tuple[int, int | None], int] = {}
+    sizes: dict[tuple[int, int | None], int] = {}
     per_task = {}
-    for t in model.task_names:
-        path = _unique(p for m in model.task_modules(t) for p in m.parameters())
-        per_task[t] = count(path.values())
-        for pid in path:
-            users[pid] = users.get(pid, 0) + 1
-    shared = sum(all_params[pid].numel() for pid, n in users.items() if n > 1)
-    used = sum(all_params[pid].numel() for pid in users)
+    for index, t in enumerate(model.task_names):
+        path = _path_pieces(model.task_modules(t), index)
+        per_task[t] = sum(path.values())
+        sizes.update(path)
+        for key in path:
+            users[key] = users.get(key, 0) + 1
+    shared = sum(sizes[key] for key, n in users.items() if n > 1)
+    used = sum(sizes.values())
     return {"total": count(all_params.values()), "by_group": groups, "shared": shared, "per_task": per_task,
             "unique_used": used}
 

@@ -176,6 +176,10 @@ class PerTaskBatchNorm(nn.Module):
     layer cannot know whose statistics to use.
     """
 
+    # row t of every parameter belongs to task t alone (the model's task order): cost accounting
+    # puts only that row on task t's path
+    per_task_rows = True
+
     def __init__(self, num_tasks: int, num_features: int, dims: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_tasks, self.num_features, self.dims = num_tasks, num_features, dims
