@@ -1,6 +1,7 @@
 """`sharewise export`: a compact file that rebuilds the selected model with the same outputs."""
 
 import json
+import os
 
 import torch
 
@@ -41,3 +42,9 @@ def test_export_adashare_architecture_same_outputs_and_smaller(tmp_path):
     torch.save({"description": blob["description"], "state_dict": full_state}, full_file)
     assert model_file.stat().st_size < full_file.stat().st_size
     assert sum(v.numel() for v in blob["state_dict"].values()) < sum(v.numel() for v in full_state.values())
+    # written atomically, yet with the permissions any new file gets (not mkstemp's 0600)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in (model_file, model_file.with_suffix(".pt2"), out / "results.json", out / "checkpoints" / "init.pt"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    assert not list(tmp_path.glob(".*.tmp")) and not list(out.rglob(".*.tmp"))

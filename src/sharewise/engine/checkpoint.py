@@ -13,7 +13,20 @@ import torch
 from ..errors import RunDirError
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (``mkstemp`` makes 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# read once: os.umask can only be read by setting it, which must not race with other threads
+_FILE_MODE = _file_mode()
+
+
 def _atomic(path: Path, write) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``: a reader sees the
+    old file or the new one, never a part. The file gets the usual permissions (umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -22,6 +35,7 @@ def _atomic(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
