@@ -13,6 +13,9 @@ from sharewise.execution import (batched_gated_features, distinct_prefixes, loop
 SPECS = {
     "mlp": (InputSpec("vector", (12,)), {"widths": [16, 16, 24, 24], "norm": "batch"}),
     "resnet2d": (InputSpec("image", (3, 10, 10)), {"widths": [4, 8], "blocks": [2, 2], "norm": "batch"}),
+    # volumes: 3-D BatchNorm grouped by task, a strided block with a projection shortcut
+    "resnet3d": (InputSpec("volume", (1, 6, 6, 6)), {"blocks": [2, 1], "widths": [4, 6], "stem": "small",
+                                                      "block": "basic", "norm": "batch"}),
 }
 
 
@@ -32,7 +35,7 @@ def _soft_policy(T, L, shared, generator):
     return logits, torch.cat([pad, soft[:, shared:]], dim=1)
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("name", ["mlp", "resnet2d", "resnet3d"])
 @pytest.mark.parametrize("shared", [0, 2])
 @pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("stack", [True, False])
@@ -80,7 +83,7 @@ def _policies(T, L, seed):
     }
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("name", ["mlp", "resnet2d", "resnet3d"])
 @pytest.mark.parametrize("kind", ["random", "all_execute", "all_skip", "disjoint"])
 def test_tree_equals_per_task_execution(name, kind):
     spec, net_a, net_b = _pair(name)
@@ -135,7 +138,7 @@ TASKS = [Task("a", "categorical", classes=[0, 1, 2]), Task("b", "numerical"), Ta
          Task("d", "categorical", classes=[0, 1])]
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+@pytest.mark.parametrize("name", ["mlp", "resnet2d", "resnet3d"])
 @pytest.mark.parametrize("hard", [False, True])
 def test_adashare_search_step_batched_equals_loop(name, hard):
     """Outputs, losses, gradients of weights and policy logits, and BatchNorm statistics."""
