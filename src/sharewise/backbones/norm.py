@@ -106,9 +106,10 @@ class _TaskAware:
             raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
         channels, batch = self.num_features, x.shape[0] // n
         grouped = x.reshape(batch, n * channels, *x.shape[2:])  # a view: rows are (example, task)
-        # the same γ, β for every task (``cat`` is cheaper than ``repeat`` for these small vectors)
-        weight = None if self.weight is None else torch.cat([self.weight] * n)
-        bias = None if self.bias is None else torch.cat([self.bias] * n)
+        # the same γ, β for every task: expanded then copied, so backward is one sum over the tasks
+        # (``cat`` costs T slices and T − 1 additions in backward; ``repeat`` is slower forward)
+        weight = None if self.weight is None else self.weight.expand(n, channels).reshape(-1)
+        bias = None if self.bias is None else self.bias.expand(n, channels).reshape(-1)
         if not self.track_running_stats or self.running_mean is None:
             return F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps).view_as(x)
         # momentum 1 leaves the batch statistics of every (task, channel) in these buffers
