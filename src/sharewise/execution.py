@@ -52,7 +52,7 @@ STACK_LIMIT = 2 ** 20
 
 def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor, pool: nn.Module,
                            shared_blocks: int = 0, stack: bool | None = True,
-                           ids: Sequence[int] | None = None) -> list[torch.Tensor]:
+                           ids: Sequence[int] | None = None, per_task_norms: bool | None = None) -> list[torch.Tensor]:
     """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
 
     ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
@@ -66,10 +66,13 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
 
     With per-task BatchNorm (``task_bn``; ``ids`` gives the rows' task indices) no block has the
     same output for two tasks, so nothing is shared: the tasks are stacked from the first block
-    (or run one pass each).
+    (or run one pass each). ``per_task_norms``: whether the blocks hold such layers (None: look;
+    a model that knows saves walking every module at every step).
     """
     num_tasks, num_blocks = policy.shape[0], policy.shape[1]
-    if has_per_task_norms(nn.ModuleList(blocks)):
+    if per_task_norms is None:
+        per_task_norms = any(has_per_task_norms(block) for block in blocks)
+    if per_task_norms:
         return _per_task_norm_features(blocks, h0, policy, pool, stack, ids)
     pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
     h = h0
