@@ -45,3 +45,33 @@ def test_round_robin_phase_trains_one_task_per_step(tmp_path):
     trainer.run_phase(phase)
     changed = [t for t in ctx.model.task_names if not torch.equal(heads[t], ctx.model.heads[t].weight)]
     assert changed == ctx.model.task_names[:2]  # steps 0 and 1 trained the first two tasks only
+
+
+def test_task_heads_on_one_input_equal_each_head_in_values_and_gradients():
+    from sharewise.methods.base import TaskHeads
+    from sharewise.tasks import Task
+
+    tasks = [Task("c", "categorical", classes=[0, 1, 2]), Task("n", "numerical"),
+             Task("m", "multilabel", classes=["x", "y"]), Task("d", "categorical", classes=[0, 1])]
+    torch.manual_seed(0)
+    heads = TaskHeads(5, tasks)
+    x = torch.randn(4, 5, requires_grad=True)
+    names = ["n", "c", "d"]  # any subset, any order
+    grouped = heads.shared_input(x, names)
+    assert list(grouped) == names
+    weights = {t: torch.randn_like(grouped[t]) for t in names}
+    sum((grouped[t] * weights[t]).sum() for t in names).backward()
+    g_x = x.grad.clone()
+    g_params = {k: p.grad.clone() for k, p in heads.named_parameters() if p.grad is not None}
+    heads.zero_grad(set_to_none=True)
+    x.grad = None
+    each = {t: heads[t](x) for t in names}
+    sum((each[t] * weights[t]).sum() for t in names).backward()
+    for t in names:
+        torch.testing.assert_close(grouped[t], each[t])
+    torch.testing.assert_close(g_x, x.grad)
+    assert set(g_params) == {k for k, p in heads.named_parameters() if p.grad is not None}
+    assert not any(k.startswith("m.") for k in g_params)  # a head not asked gets no gradient
+    for k, p in heads.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(g_params[k], p.grad)
