@@ -135,9 +135,10 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
     for execution in EXECUTIONS:
         torch.manual_seed(0)
         net = AdaShareNet(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, execution=execution).to(device)
-        groups = net.param_groups()  # the search's optimisers, built as the engine builds them
-        nets[execution] = (net, build_optimizer(OptimSpec("sgd", {"backbone": 1e-3, "heads": 1e-3}), groups),
-                           build_optimizer(OptimSpec("adam", {"policy": 1e-2}), groups))
+        groups = net.param_groups()  # the search's optimisers, built as the engine builds them (flat)
+        nets[execution] = (net,
+                           build_optimizer(OptimSpec("sgd", {"backbone": 1e-3, "heads": 1e-3}), groups, flat=True),
+                           build_optimizer(OptimSpec("adam", {"policy": 1e-2}), groups, flat=True))
     L = nets["loop"][0].num_gated
     n = 1 if window == "first" else L
     x = torch.randn(batch, *spec.shape, device=device)
@@ -201,7 +202,7 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
     torch.manual_seed(0)
     arch = AdaShareArchitecture(backbone_factory(BACKBONE_NAME[kind], opts, spec)(), tasks, decisions).to(device)
     optimiser = build_optimizer(OptimSpec("adam", {"backbone": 1e-3, "heads": 1e-3}, betas=(0.5, 0.999)),
-                                arch.param_groups())
+                                arch.param_groups(), flat=True)  # as the engine's re-training phase
     x = torch.randn(batch, *spec.shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     mask = torch.ones(batch, dtype=torch.bool, device=device)
@@ -234,8 +235,7 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
 
     # the mode is set once per comparison: switching it walks every module (0.1 ms on the small MLP)
     arch.train()
-    # also without the Adam step: a fixed cost (about 5 µs per parameter tensor on a CPU) that
-    # both variants pay and no sharing removes
+    # also without the Adam step: a fixed cost that both variants pay and no sharing removes
     train = compare({"per_task": train_step(False), "tree": train_step(True),
                      "per_task_no_step": train_step(False, step=False), "tree_no_step": train_step(True, step=False)},
                     reps, device)

@@ -141,7 +141,11 @@ class Trainer:
     def run_phase(self, phase: Phase, *, resume: bool = False) -> dict[str, Any]:
         last_path, best_path = self.ckpt_path(phase.name, "last"), self.ckpt_path(phase.name, "best")
         state = PhaseState()
-        optimizers = {k: build_optimizer(spec, self.model.param_groups()) for k, spec in phase.optimizers.items()}
+        # a phase whose steps reach every parameter steps each group as one flat buffer (not under
+        # DDP, whose gradient buckets own the gradients)
+        flat = phase.dense_gradients and phase.loop == "joint" and not D.is_distributed()
+        optimizers = {k: build_optimizer(spec, self.model.param_groups(), flat=flat)
+                      for k, spec in phase.optimizers.items()}
         steps_per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
         total = min(phase.cycles * steps_per_cycle, phase.max_steps or math.inf)
         schedulers = {k: build_scheduler(spec, optimizers[k], int(total)) for k, spec in phase.optimizers.items()}

@@ -490,19 +490,21 @@ class AdaShare(Method):
                      aux_kwargs=aux_kwargs)],
             search_opts, cycles=plan.search_cycles, eval_split="val", selection="score",
             select_from_cycle=complete + 1, eval_kwargs=val_kwargs, on_cycle_end=cycle_end,
-            after_step=after_step if o.curriculum_freeze_logits else None, save_init=plan.warm_up_iters == 0)
+            after_step=after_step if o.curriculum_freeze_logits else None, save_init=plan.warm_up_iters == 0,
+            dense_gradients=True)  # every block is computed for every task (gates weigh, never skip)
         if plan.warm_up_iters == 0:
             return [search]
         warmup = Phase("warmup", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                        cycles=-(-plan.warm_up_iters // plan.steps_per_epoch), max_steps=plan.warm_up_iters,
-                       eval_every=plan.eval_every, selection="last", save_init=True)
+                       eval_every=plan.eval_every, selection="last", save_init=True, dense_gradients=True)
         return [warmup, search]
 
     def retrain_phases(self, plan: _Plan) -> list[Phase]:
         """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3)."""
         return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                       cycles=-(-plan.retrain_iters // plan.steps_per_epoch), max_steps=plan.retrain_iters,
-                      eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score")]
+                      eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score",
+                      dense_gradients=True)]  # blocks no task executes are removed from the architecture
 
     # ------------------------------------------------------------------ stages
 

@@ -135,6 +135,12 @@ class Phase:
     loop: Literal["joint", "round_robin"] = "joint"
     init_from: str | None = None  # checkpoint name restored before the phase ("init", "warmup/best", ...)
     save_init: bool = False  # save the model as checkpoint ``init`` before any update
+    # every parameter an optimiser of the phase owns gets a gradient at every step of that
+    # optimiser's stretches (a masked task still gives a zero one): the engine may then step each
+    # parameter group as one flat buffer (``engine.optim.FlatOptimizer``). Leave False where a
+    # step can leave a parameter without a gradient (one task per step, routing that skips
+    # components): torch's optimisers do not step such a parameter, a flat buffer would
+    dense_gradients: bool = False
 
 
 class NoOptions(BaseModel):

@@ -41,4 +41,5 @@ class Hard(Method):
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
         t = self.cfg.train
         return [Phase("train", [Stretch("train", "main")], {"main": self.default_optim(["backbone", "heads"])},
-                      cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience)]
+                      cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience,
+                      dense_gradients=True)]

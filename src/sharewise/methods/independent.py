@@ -48,4 +48,4 @@ class Independent(Method):
         t = self.cfg.train
         return [Phase("train", [Stretch("train", "main")], {"main": self.default_optim(["backbone", "heads"])},
                       cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience,
-                      selection="per_task")]
+                      selection="per_task", dense_gradients=True)]
