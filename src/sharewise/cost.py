@@ -32,7 +32,7 @@ def _path_pieces(modules, task_index: int) -> dict[tuple[int, int | None], int]:
             rows = getattr(m, "per_task_rows", False)
             for p in m.parameters(recurse=False):
                 if rows:
-                    pieces[(id(p), task_index)] = p[task_index].numel()
+                    pieces[(id(p), task_index)] = p.numel() // p.shape[0]
                 else:
                     pieces[(id(p), None)] = p.numel()
     return pieces
