@@ -94,3 +94,20 @@ def test_flat_needs_one_float_dtype_and_device():
     groups = _groups(model)
     groups["heads"][0].data = groups["heads"][0].data.double()
     assert not isinstance(build_optimizer(SPECS[0], groups, flat=True), FlatOptimizer)
+
+
+def test_resume_from_a_per_tensor_optimiser_state_is_a_clear_error(tmp_path):
+    from sharewise.cli.main import main
+    from sharewise.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--epochs", "1", "--no-progress", "--set", "output.tensorboard=false",
+            "--set", "backbone.width=8", "--set", "backbone.depth=1"]
+    assert main(args) == 0
+    last = out / "checkpoints" / "train" / "last.pt"
+    ck = load_checkpoint(last)
+    assert set(ck["optimizers"]["main"]) == {"flat", "groups"}
+    ck["optimizers"]["main"] = ck["optimizers"]["main"]["flat"]  # the state a per-tensor optimiser saves
+    ck["state"]["done"] = False
+    save_checkpoint(last, ck)
+    assert main([*args, "--resume"]) == 2

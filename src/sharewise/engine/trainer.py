@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TrainingError
+from ..errors import RunDirError, TrainingError
 from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
 from ..metrics import delta_mtl, delta_task, higher_is_better
 from ..seeding import global_rng_state, set_global_rng_state
@@ -155,7 +155,12 @@ class Trainer:
             ck = load_checkpoint(last_path)
             self.model.load_state_dict(ck["model"])
             for k, o in optimizers.items():
-                o.load_state_dict(ck["optimizers"][k])
+                try:
+                    o.load_state_dict(ck["optimizers"][k])
+                except (KeyError, ValueError) as err:
+                    raise RunDirError(f"{last_path}: its optimiser state ({k!r}) does not fit this phase's optimiser "
+                                      f"(written by another sharewise version?); start the run again with "
+                                      f"--overwrite") from err
             for k, s in schedulers.items():
                 if s is not None:
                     s.load_state_dict(ck["schedulers"][k])
