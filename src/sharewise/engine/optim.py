@@ -26,16 +26,17 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
     if not param_groups:
         raise ValueError(f"optimiser over groups {list(spec.lrs)} has no parameters")
     params = [p for g in param_groups for p in g["params"]]
+    fast = fast_kwargs(params)
 
-    def make(groups_: list[dict[str, Any]], fast: dict[str, bool]) -> torch.optim.Optimizer:
+    def make(groups_: list[dict[str, Any]]) -> torch.optim.Optimizer:
         if spec.kind == "sgd":
             return torch.optim.SGD(groups_, momentum=spec.momentum, weight_decay=spec.weight_decay, **fast)
         cls = torch.optim.AdamW if spec.kind == "adamw" else torch.optim.Adam
         return cls(groups_, betas=spec.betas, weight_decay=spec.weight_decay, **fast)
 
-    if flat and fast_kwargs(params) and len({(p.dtype, p.device) for p in params}) == 1:
-        return FlatOptimizer(param_groups, lambda flat_groups: make(flat_groups, {"fused": True}))
-    return make(param_groups, fast_kwargs(params))
+    if flat and fast and len({(p.dtype, p.device) for p in params}) == 1:
+        return FlatOptimizer(param_groups, make)
+    return make(param_groups)
 
 
 def fast_kwargs(params: list[nn.Parameter]) -> dict[str, bool]:
@@ -71,8 +72,9 @@ class FlatOptimizer(torch.optim.Optimizer):
     def __init__(self, param_groups: list[dict[str, Any]],
                  make: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]) -> None:
         super().__init__(param_groups, {})
-        # per group: the value buffer, the gradient buffer, and each parameter's slice of the latter
-        self._buffers: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+        # per group: the value buffer and each parameter's slice of the gradient buffer (which the
+        # inner optimiser's flat parameter holds as its .grad)
+        self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         inner_groups = []
         for group in self.param_groups:
             params = group["params"]
@@ -93,7 +95,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                     values[offset:offset + n].copy_(p.reshape(-1))
                     p.data = values[offset:offset + n].view_as(p)
                     views.append(grads[offset:offset + n].view_as(p))
-            self._buffers.append((values, grads, views))
+            self._buffers.append((values, views))
             flat = nn.Parameter(values)
             flat.grad = grads
             inner_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [flat]})
@@ -102,8 +104,7 @@ class FlatOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure() if closure is not None else None
-        for group, inner_group, (values, _, views) in zip(self.param_groups, self.inner.param_groups,
-                                                           self._buffers):
+        for group, inner_group, (values, views) in zip(self.param_groups, self.inner.param_groups, self._buffers):
             params = group["params"]
             if params[0].data_ptr() != values.data_ptr():  # module.to() moves them all: one check is enough
                 raise RuntimeError("FlatOptimizer: the parameters were moved or replaced after the optimiser was "
