@@ -32,6 +32,7 @@ import torch
 from sharewise.backbones import backbone_factory
 from sharewise.cost import count_flops
 from sharewise.data.base import InputSpec
+from sharewise.engine.device import keep_freed_host_memory
 from sharewise.engine.optim import build_optimizer
 from sharewise.execution import per_task_features
 from sharewise.methods import _adashare_policy as P
@@ -269,8 +270,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/adashare_speed.json")
     ap.add_argument("--only", choices=["search", "tree"], help="run one half (the JSON then holds only that half)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="network sizes to measure")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (the engine keeps freed host memory, train.keep_host_memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = not args.default_malloc and keep_freed_host_memory()  # as the engine does
     device = torch.device(args.device)
     learned = None
     path = Path(args.learned)
@@ -279,8 +283,8 @@ def main(argv=None) -> int:
         chosen = [a for a in pol.get("architectures", []) if a.get("selected")]
         learned = chosen[0]["policy"] if chosen else None
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-               "threads": args.threads, "reps": args.reps, "torch": torch.__version__, "search": [], "tree": []}
-    print(f"threads={args.threads} device={results['device']} reps={args.reps}")
+               "threads": args.threads, "reps": args.reps, "keep_host_memory": kept, "torch": torch.__version__, "search": [], "tree": []}
+    print(f"threads={args.threads} device={results['device']} reps={args.reps} keep_host_memory={kept}")
     print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'FLOP ratio':>10} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
           f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19}")
     kinds = [k for size in args.sizes for k in SIZES[size]]

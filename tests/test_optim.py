@@ -96,6 +96,12 @@ def test_flat_needs_one_float_dtype_and_device():
     assert not isinstance(build_optimizer(SPECS[0], groups, flat=True), FlatOptimizer)
 
 
+def test_one_tensor_a_group_is_not_flattened():
+    logits = nn.Parameter(torch.zeros(3, 4, 2))  # AdaShare's policy group
+    assert not isinstance(build_optimizer(OptimSpec("adam", {"policy": 0.01}), {"policy": [logits]}, flat=True),
+                          FlatOptimizer)
+
+
 def test_resume_from_a_per_tensor_optimiser_state_is_a_clear_error(tmp_path):
     from sharewise.cli.main import main
     from sharewise.engine.checkpoint import load_checkpoint, save_checkpoint

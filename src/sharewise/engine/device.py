@@ -1,6 +1,10 @@
-"""Device choice from ``--gpus`` (CPU when empty), with a clear error for a missing GPU."""
+"""Device choice from ``--gpus`` (CPU when empty), with a clear error for a missing GPU, and the
+host allocator setting that keeps freed memory for the next step."""
 
 from __future__ import annotations
+
+import ctypes
+import platform
 
 import torch
 
@@ -18,3 +22,29 @@ def resolve_device(gpus: list[int], local_rank: int = 0) -> torch.device:
                 f"{', ids 0-' + str(available - 1) if available else ''}); omit --gpus to run on the CPU"
             )
     return torch.device(f"cuda:{gpus[local_rank % len(gpus)]}")
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are mapped and unmapped one by one
+TRIM_THRESHOLD = 1 << 30  # free memory above the heap's top kept for reuse, at most
+
+
+def keep_freed_host_memory() -> bool:
+    """Let glibc's ``malloc`` keep freed host memory for the next training step.
+
+    PyTorch allocates CPU tensors with ``malloc``. By default glibc maps every block above
+    128 KiB (or the size of the last such block freed) fresh from the OS and gives the top of
+    its heap back once 2× that size is free. A step frees all its activations at the end of
+    the backward pass, so the next step faults every page of them in again, zero-filled: 500–30,000
+    page faults a step in ``benchmarks/adashare_speed.py``, most where T tasks' activations are
+    stacked into one batch. Raising both thresholds (blocks up to 32 MiB from the heap, up to
+    1 GiB of free heap kept) removes them. Process-wide; returns False where the C library is
+    not glibc (nothing changed). ``train.keep_host_memory: false`` skips it."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False

@@ -16,7 +16,8 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
     """The optimiser of ``spec`` over the named parameter groups (frozen parameters left out).
 
     ``flat``: step every group as one contiguous buffer (:class:`FlatOptimizer`) where all its
-    parameters are float tensors of one dtype on one CPU or CUDA device; only for phases where
+    parameters are float tensors of one dtype on one CPU or CUDA device and some group holds more
+    than one; only for phases where
     every parameter gets a gradient at every step (``Phase.dense_gradients``)."""
     param_groups = []
     for name, lr in spec.lrs.items():
@@ -34,7 +35,8 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
         cls = torch.optim.AdamW if spec.kind == "adamw" else torch.optim.Adam
         return cls(groups_, betas=spec.betas, weight_decay=spec.weight_decay, **fast)
 
-    if flat and fast and len({(p.dtype, p.device) for p in params}) == 1:
+    # one tensor a group (AdaShare's policy logits) has nothing to flatten: the copy would only add
+    if flat and fast and len(params) > len(param_groups) and len({(p.dtype, p.device) for p in params}) == 1:
         return FlatOptimizer(param_groups, make)
     return make(param_groups)
 
@@ -109,12 +111,14 @@ class FlatOptimizer(torch.optim.Optimizer):
             if params[0].data_ptr() != values.data_ptr():  # module.to() moves them all: one check is enough
                 raise RuntimeError("FlatOptimizer: the parameters were moved or replaced after the optimiser was "
                                    "built (e.g. by module.to()); build the optimiser after moving the model")
-            # the step's gradients into the buffer, one copy each (a parameter without one: zero)
-            for p, view in zip(params, views):
-                if p.grad is None:
+            # the step's gradients into the buffer in one call (a parameter without one: zero)
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                for view in (v for v, g in zip(views, grads) if g is None):
                     view.zero_()
-                else:
-                    view.copy_(p.grad)
+                views, grads = [v for v, g in zip(views, grads) if g is not None], [g for g in grads if g is not None]
+            if grads:
+                torch._foreach_copy_(views, grads)
             # hyper-parameters (a scheduler's lr) live in the outer groups
             inner_group.update({k: v for k, v in group.items() if k != "params"})
         self.inner.step()

@@ -31,7 +31,7 @@ from ..seeding import seed_global, stream_seed
 from ..tasks import Task
 from . import distributed as D
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
-from .device import resolve_device
+from .device import keep_freed_host_memory, resolve_device
 from .evaluate import evaluate
 from .logging import MetricsLogger
 from .trainer import Trainer, reference_metrics, selection_score
@@ -68,6 +68,8 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     """Validate everything and build data, method and model; touches no file."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.keep_host_memory:
+        keep_freed_host_memory()
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.train.precision == "fp16" and not cfg.train.gpus:
