@@ -361,6 +361,58 @@ def test_killed_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
     assert torch.equal(a["policy.logits"][:, 0], init[:, 0]) and not torch.equal(a["policy.logits"][:, 2], init[:, 2])
 
 
+def test_short_cycles_save_once_an_epoch_and_a_kill_between_saves_resumes_exactly(tmp_path, monkeypatch):
+    """Search cycles shorter than an epoch do not each write ``last.pt``; a kill (no save) after
+    skipped cycle ends resumes from the last save to the same search as an uninterrupted run."""
+    from sharewise.engine import trainer as trainer_mod
+    from sharewise.engine.runner import prepare, train
+
+    def cfg(out):
+        return validate_config({
+            "method": {"name": "adashare", "search_cycles": 8, "cycle_iters": [2, 2], "warm_up_iters": 2},
+            "backbone": {"width": 16, "depth": 3}, "tasks": [{"name": "digit", "kind": "categorical"},
+                                                            {"name": "large", "kind": "categorical"}],
+            "train": {"threads": 1, "progress": False, "batch_size": 128},
+            "output": {"dir": str(out), "tensorboard": False}})
+
+    saves = []
+    original_save, original_step = trainer_mod.Trainer._save, trainer_mod.Trainer._optimizer_step
+
+    def record(self, path, phase, state, *a, **k):
+        if phase.name == "search" and path.name == "last.pt":
+            saves.append(state.step)
+        return original_save(self, path, phase, state, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", record)
+    ctx = prepare(cfg(tmp_path / "ref"))
+    epoch = max(ctx.data.num_batches(split, 128) for split in ("train1", "train2"))
+    assert 4 < epoch < 32  # several 4-step cycles an epoch
+    ref = train(ctx, stage="train")
+    cycle_ends = [s for s in saves[:-1]]  # the last one: the phase's end
+    assert len(saves) < 8 and all(b - a >= epoch for a, b in zip([0, *cycle_ends], cycle_ends))
+
+    class Killed(Exception):
+        pass
+
+    kill_at = cycle_ends[0] + 6  # past a cycle end that did not save
+
+    def kill(self, phase, stretch, state, *a, **k):
+        out = original_step(self, phase, stretch, state, *a, **k)
+        if phase.name == "search" and state.step == kill_at:
+            raise Killed
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", kill)
+    with pytest.raises(Killed):
+        train(prepare(cfg(tmp_path / "killed")), stage="train")
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original_step)
+    resumed = train(prepare(cfg(tmp_path / "killed")), stage="train", resume=True)
+    a = _tensors(tmp_path / "ref" / "checkpoints" / "search" / "last.pt")
+    b = _tensors(tmp_path / "killed" / "checkpoints" / "search" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ref["phases"][-1]["steps"] == resumed["phases"][-1]["steps"] == 32
+
+
 def test_retrain_needs_a_finished_search_and_other_methods_have_no_retrain(tmp_path, capsys):
     assert main(["retrain", "--method", "adashare", "--out", str(tmp_path / "none"), *TINY]) == 2
     assert "sharewise train" in capsys.readouterr().err

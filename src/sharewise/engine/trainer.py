@@ -104,6 +104,7 @@ class Trainer:
         self.precision = precision
         self.workers = workers
         self._stop = False
+        self._ownership: dict[str, tuple[set[int], list[nn.Parameter]]] = {}
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.ddp = None
         if D.is_distributed():
@@ -146,6 +147,7 @@ class Trainer:
         flat = phase.dense_gradients and phase.loop == "joint" and not D.is_distributed()
         optimizers = {k: build_optimizer(spec, self.model.param_groups(), flat=flat)
                       for k, spec in phase.optimizers.items()}
+        self._ownership = {k: self._owned(o) for k, o in optimizers.items()}
         steps_per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
         total = min(phase.cycles * steps_per_cycle, phase.max_steps or math.inf)
         schedulers = {k: build_scheduler(spec, optimizers[k], int(total)) for k, spec in phase.optimizers.items()}
@@ -204,7 +206,12 @@ class Trainer:
 
     def _loop(self, phase, state, optimizers, schedulers, best_model_state, last_path, best_path):
         self.model.train()
-        last_save = time.monotonic()
+        last_save, saved_step = time.monotonic(), state.step
+        # a cycle end saves once an epoch's worth of steps has passed since the last cycle-end save
+        # (every cycle where a cycle is an epoch; AdaShare's search cycles are a few steps each, and
+        # a save every cycle was a tenth of the demo's search); timed saves bound what a kill loses
+        epoch_steps = max(max(1, self.data.num_batches(s.split, self.batch_size, world_size=D.world_size()))
+                          for s in phase.stretches)
         bar = self._bar(phase, state)
         running: dict[str, list[float]] = {}
         while state.cycle < phase.cycles and not self._stopped(phase, state):
@@ -253,8 +260,9 @@ class Trainer:
                 running = {}
             if not phase.eval_every:
                 best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
-            self._save(last_path, phase, state, optimizers, schedulers)
-            last_save = time.monotonic()
+            if state.step - saved_step >= epoch_steps or time.monotonic() - last_save > self.checkpoint_every_s:
+                self._save(last_path, phase, state, optimizers, schedulers)
+                last_save, saved_step = time.monotonic(), state.step
         if phase.eval_split and state.last_eval_step != state.step and not self._stop:
             best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
         if bar is not None:
@@ -275,12 +283,16 @@ class Trainer:
         return tqdm(total=int(total), initial=state.step, desc=phase.name, file=sys.stderr, leave=False,
                     dynamic_ncols=True, mininterval=0.5, disable=None)  # no bars when stderr is not a terminal
 
+    def _owned(self, optimizer: torch.optim.Optimizer) -> tuple[set[int], list[nn.Parameter]]:
+        """The ids of ``optimizer``'s parameters and the model's other trainable parameters, found
+        once a phase (walking the model at every step cost 70 µs a step)."""
+        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        return own, [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+
     def _step(self, phase: Phase, stretch: Stretch, state: PhaseState, optimizers, schedulers, batch) -> dict[str, float]:
         """One optimiser step. Only the stretch's optimiser's parameters get gradients: the others
         are frozen for the step (AdaShare's policy stretch computes no weight gradient)."""
-        optimizer = optimizers[stretch.optimizer]
-        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        frozen = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        frozen = [p for p in self._ownership[stretch.optimizer][1] if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         try:
@@ -296,7 +308,7 @@ class Trainer:
         batch = to_device(batch, self.device)
         # DDP synchronises gradients when the step trains every parameter in one forward call;
         # otherwise (a stretch over some groups, per-task batches) the gradients are averaged by hand.
-        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        own = self._ownership[stretch.optimizer][0]
         use_ddp = self.ddp is not None and not isinstance(batch, dict) and self._ddp_params <= own
         names = [t.name for t in self.tasks]
         if phase.loop == "round_robin":  # one task per step, in turn
