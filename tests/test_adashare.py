@@ -325,8 +325,39 @@ def test_single_task_adashare_has_no_sharing_loss(tmp_path):
     assert search and all("aux/sharing" not in r for r in search) and any("aux/sparsity" in r for r in search)
 
 
-def test_killed_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
+def _stop_and_resume(monkeypatch, cfg, out, step, how):
+    """Train ``cfg(out)`` until search step ``step``, stopped by ``how`` (``"ctrl-c"``: the engine's
+    stop flag, which saves; ``"kill"``: an exception, which saves nothing), then resume it."""
     from sharewise.engine import trainer as trainer_mod
+    from sharewise.engine.runner import prepare, train
+
+    original = trainer_mod.Trainer._optimizer_step
+
+    class Killed(Exception):
+        pass
+
+    def stop(self, phase, stretch, state, *a, **k):
+        result = original(self, phase, stretch, state, *a, **k)
+        if phase.name == "search" and state.step == step:
+            if how == "kill":
+                raise Killed
+            self._stop = True
+        return result
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", stop)
+    with pytest.raises(Killed if how == "kill" else trainer_mod.Interrupted):
+        train(prepare(cfg(out)), stage="train")
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original)
+    return train(prepare(cfg(out)), stage="train", resume=True)
+
+
+def _same_search(ref, other):
+    a = _tensors(ref / "checkpoints" / "search" / "last.pt")
+    b = _tensors(other / "checkpoints" / "search" / "last.pt")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
     from sharewise.engine.runner import prepare, train
 
     def cfg(out):
@@ -338,22 +369,9 @@ def test_killed_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
             "train": {"threads": 1, "progress": False}, "output": {"dir": str(out), "tensorboard": False}})
 
     ref = train(prepare(cfg(tmp_path / "ref")), stage="train")
-    original = trainer_mod.Trainer._optimizer_step
-
-    def stop_mid_search(self, phase, stretch, state, *a, **k):
-        out = original(self, phase, stretch, state, *a, **k)
-        if phase.name == "search" and state.step == 7:
-            self._stop = True
-        return out
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", stop_mid_search)
-    with pytest.raises(trainer_mod.Interrupted):
-        train(prepare(cfg(tmp_path / "killed")), stage="train")
-    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original)
-    resumed = train(prepare(cfg(tmp_path / "killed")), stage="train", resume=True)
+    resumed = _stop_and_resume(monkeypatch, cfg, tmp_path / "killed", 7, "ctrl-c")
     a = _tensors(tmp_path / "ref" / "checkpoints" / "search" / "last.pt")
-    b = _tensors(tmp_path / "killed" / "checkpoints" / "search" / "last.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_search(tmp_path / "ref", tmp_path / "killed")
     assert ref["phases"][-1]["steps"] == resumed["phases"][-1]["steps"] == 16
     # with curriculum_freeze_logits, blocks below the window (speed 3: only the top block in
     # cycles 0-2, two blocks in cycle 3) keep their initial logits exactly, weight decay included
@@ -376,7 +394,7 @@ def test_short_cycles_save_once_an_epoch_and_a_kill_between_saves_resumes_exactl
             "output": {"dir": str(out), "tensorboard": False}})
 
     saves = []
-    original_save, original_step = trainer_mod.Trainer._save, trainer_mod.Trainer._optimizer_step
+    original_save = trainer_mod.Trainer._save
 
     def record(self, path, phase, state, *a, **k):
         if phase.name == "search" and path.name == "last.pt":
@@ -388,28 +406,12 @@ def test_short_cycles_save_once_an_epoch_and_a_kill_between_saves_resumes_exactl
     epoch = max(ctx.data.num_batches(split, 128) for split in ("train1", "train2"))
     assert 4 < epoch < 32  # several 4-step cycles an epoch
     ref = train(ctx, stage="train")
-    cycle_ends = [s for s in saves[:-1]]  # the last one: the phase's end
+    cycle_ends = saves[:-1]  # the last one: the phase's end
     assert len(saves) < 8 and all(b - a >= epoch for a, b in zip([0, *cycle_ends], cycle_ends))
 
-    class Killed(Exception):
-        pass
-
-    kill_at = cycle_ends[0] + 6  # past a cycle end that did not save
-
-    def kill(self, phase, stretch, state, *a, **k):
-        out = original_step(self, phase, stretch, state, *a, **k)
-        if phase.name == "search" and state.step == kill_at:
-            raise Killed
-        return out
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", kill)
-    with pytest.raises(Killed):
-        train(prepare(cfg(tmp_path / "killed")), stage="train")
-    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original_step)
-    resumed = train(prepare(cfg(tmp_path / "killed")), stage="train", resume=True)
-    a = _tensors(tmp_path / "ref" / "checkpoints" / "search" / "last.pt")
-    b = _tensors(tmp_path / "killed" / "checkpoints" / "search" / "last.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # killed past a cycle end that did not save: resumed from the last save
+    resumed = _stop_and_resume(monkeypatch, cfg, tmp_path / "killed", cycle_ends[0] + 6, "kill")
+    assert _same_search(tmp_path / "ref", tmp_path / "killed")
     assert ref["phases"][-1]["steps"] == resumed["phases"][-1]["steps"] == 32
 
 
