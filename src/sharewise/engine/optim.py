@@ -17,8 +17,8 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
 
     ``flat``: step every group as one contiguous buffer (:class:`FlatOptimizer`) where all its
     parameters are float tensors of one dtype on one CPU or CUDA device and some group holds more
-    than one; only for phases where
-    every parameter gets a gradient at every step (``Phase.dense_gradients``)."""
+    than one; only for phases where every parameter gets a gradient at every step
+    (``Phase.dense_gradients``)."""
     param_groups = []
     for name, lr in spec.lrs.items():
         params = [p for p in groups.get(name, []) if p.requires_grad]
