@@ -7,7 +7,8 @@
   stated policies (random, learned on the demo, all-shared, disjoint), next to their limit, the
   FLOP ratio Σ_t FLOPs(task t alone) / FLOPs(tree).
 - Memory: bytes saved for backward (CPU; the activations a step keeps) and, on a GPU, the peak
-  allocated memory.
+  allocated memory; minor page faults per call (memory mapped in afresh; `--default-malloc` shows
+  them without the engine's allocator setting).
 
 Variants alternate A B A B after a warm-up, each timing a block of consecutive calls (about
 30 ms); medians and min–max over repetitions of the time per call are reported.
@@ -28,6 +29,11 @@ import time
 from pathlib import Path
 
 import torch
+
+try:
+    import resource  # page faults (Unix)
+except ImportError:
+    resource = None
 
 from sharewise.backbones import backbone_factory
 from sharewise.cost import count_flops
@@ -110,16 +116,25 @@ def compare(variants: dict, reps: int, device) -> dict:
         for k, fn in variants.items():
             calls[k] = max(1, round(BLOCK_S / max(_time(fn, device), 1e-6)))
     times = {k: [] for k in variants}
+    faults = dict.fromkeys(variants, 0)
     gc.collect()
     gc.disable()
     try:
         for _ in range(reps):
             for k, fn in variants.items():
+                before = _page_faults()
                 times[k].append(_time(_repeat(fn, calls[k]), device) / calls[k])
+                faults[k] += _page_faults() - before
     finally:
         gc.enable()
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls_per_timing": calls[k]}
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls_per_timing": calls[k],
+                "page_faults_per_call": faults[k] / (reps * calls[k]) if resource else None}
             for k, v in times.items()}
+
+
+def _page_faults() -> int:
+    """Minor page faults of this process so far (memory the C library had to map in afresh)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def _repeat(fn, n: int):
@@ -254,6 +269,11 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
             "saved_bytes": saved}
 
 
+def _faults(timing: dict) -> str:
+    n = timing["page_faults_per_call"]
+    return "-" if n is None else f"{n:.0f}"
+
+
 def _print_tree(r: dict) -> None:
     print(f"{'':<12} {r['backbone']:<11} {r['tasks']:>2} {r['policy']:<13} {r['flop_ratio']:>10.2f} "
           f"{r['train_speedup']:>8.2f} {r['train_speedup_no_step']:>9.2f} {r['inference_speedup']:>8.2f}")
@@ -286,7 +306,7 @@ def main(argv=None) -> int:
                "threads": args.threads, "reps": args.reps, "keep_host_memory": kept, "torch": torch.__version__, "search": [], "tree": []}
     print(f"threads={args.threads} device={results['device']} reps={args.reps} keep_host_memory={kept}")
     print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'FLOP ratio':>10} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
-          f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19}")
+          f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19} {'faults/step loop/auto/batched':>30}")
     kinds = [k for size in args.sizes for k in SIZES[size]]
     for kind in kinds if args.only != "tree" else []:
         for T in args.tasks:
@@ -296,7 +316,8 @@ def main(argv=None) -> int:
                 ms = {k: 1e3 * r["timing"][k]["median_s"] for k in EXECUTIONS}
                 print(f"{'':<12} {kind:<11} {T:>2} {window:<6} {r['flop_ratio']:>10.2f} {r['speedup']:>7.2f} {r['speedup_batched']:>9.2f} "
                       f"{ms['loop']:>8.2f} {ms['auto']:>8.2f} {ms['batched']:>10.2f} "
-                      f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f}")
+                      f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f} "
+                      f"{'/'.join(_faults(r['timing'][k]) for k in EXECUTIONS):>30}")
     print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'no step x':>9} "
           f"{'infer x':>8}")
     for kind in kinds if args.only != "search" else []:
