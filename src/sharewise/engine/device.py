@@ -36,9 +36,9 @@ def keep_freed_host_memory() -> bool:
     PyTorch allocates CPU tensors with ``malloc``. By default glibc maps every block above
     128 KiB (or the size of the last such block freed) fresh from the OS and gives the top of
     its heap back once 2× that size is free. A step frees all its activations at the end of
-    the backward pass, so the next step faults every page of them in again, zero-filled: 500–30,000
-    page faults a step in ``benchmarks/adashare_speed.py``, most where T tasks' activations are
-    stacked into one batch. Raising both thresholds (blocks up to 32 MiB from the heap, up to
+    the backward pass, so the next step faults every page of them in again, zero-filled: up to
+    5,000 page faults a step for a small ResNet's stacked search in ``benchmarks/adashare_speed.py``
+    and 360,000 for a 32-px one, where T tasks' activations are stacked into one batch. Raising both thresholds (blocks up to 32 MiB from the heap, up to
     1 GiB of free heap kept) removes them. Process-wide; returns False where the C library is
     not glibc (nothing changed). ``train.keep_host_memory: false`` skips it."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
