@@ -45,8 +45,10 @@ def loop_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: t
 
 # auto execution stacks the tasks while T copies of a block's input hold at most this many values
 # (4 MB in float32): above it the arithmetic dominates, the stacked activations leave the CPU's
-# caches and T per-task passes are faster (benchmarks/adashare_speed.py: a 32-px ResNet with 2
-# tasks, 2^21 values, 0.92× stacked against 1.18× per task); on a GPU the tasks are always stacked
+# caches and T per-task passes are as fast or faster (benchmarks/adashare_speed.py, full window,
+# 32-px ResNet: 1.01–1.05× stacked against 1.06–1.10× per task with 2 tasks, 1.06–1.17× against
+# 1.14–1.15× with 4; before the engine kept freed host memory, stacking was 0.63–0.92×); on a
+# GPU the tasks are always stacked
 STACK_LIMIT = 2 ** 20
 
 
