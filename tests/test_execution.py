@@ -189,9 +189,11 @@ def test_adashare_architecture_runs_as_a_tree():
 @pytest.mark.parametrize("dims", [0, 2, 3])
 @pytest.mark.parametrize("momentum,affine,track", [(0.1, True, True), (None, True, True), (0.3, False, True),
                                                    (0.1, True, False)])
-def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, affine, track):
+@pytest.mark.parametrize("announced", [False, True])
+def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, affine, track, announced):
     """An interleaved (B·T, C, ...) batch normalised once equals T separate calls, one per task,
-    in outputs, gradients of x, γ and β, and the running statistics they leave."""
+    in outputs, gradients of x, γ and β, and the running statistics they leave; the same when
+    the layer is announced to the context (γ, β and statistics prepared per width)."""
     from sharewise.backbones.norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, task_groups
 
     cls = {0: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims]
@@ -210,7 +212,7 @@ def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, af
     xa = x.clone().requires_grad_()
     xb = x.reshape(B * T, C, *x.shape[3:]).clone().requires_grad_()
     separate = torch.stack([layers[0](xa[:, t]) for t in range(T)], dim=1)  # task order
-    with task_groups(T):
+    with task_groups(T, layers=[layers[1]] if announced else ()):
         grouped = layers[1](xb)
     assert torch.allclose(separate.reshape_as(grouped), grouped, atol=1e-5)
     w = torch.randn(grouped.shape, generator=g)
@@ -221,3 +223,30 @@ def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, af
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5)
     for (name, ba), bb in zip(layers[0].named_buffers(), layers[1].buffers()):
         assert torch.allclose(ba.float(), bb.float(), atol=1e-6), name
+
+
+def test_announced_norms_called_twice_or_not_at_all_keep_separate_call_statistics():
+    """Announced layers of one width share a statistics buffer: a layer called twice in the
+    context (a shared module) gets both updates, call by call in task order, and an announced
+    layer that is never called keeps its statistics and gets no gradient."""
+    from sharewise.backbones.norm import TaskBatchNorm1d, task_groups
+
+    T, B, C = 3, 4, 6
+    g = torch.Generator().manual_seed(3)
+    ref, twice, idle = (TaskBatchNorm1d(C) for _ in range(3))
+    with torch.no_grad():
+        ref.weight.copy_(torch.rand(C, generator=g) + 0.5)
+    twice.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, C, generator=g) * 3 + 1
+    first = [ref(x[:, t]) for t in range(T)]  # separate calls: the first call for every task, then the second
+    second = [ref(h * 2 + 1) for h in first]
+    with task_groups(T, layers=[twice, idle]):
+        grouped = twice(twice(x.reshape(B * T, C)) * 2 + 1)
+    assert torch.allclose(torch.stack(second, 1).reshape(B * T, C), grouped, atol=1e-5)
+    for (name, a), b in zip(ref.named_buffers(), twice.buffers()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert int(twice.num_batches_tracked) == 2 * T
+    assert torch.equal(idle.running_mean, torch.zeros(C)) and torch.equal(idle.running_var, torch.ones(C))
+    assert int(idle.num_batches_tracked) == 0
+    grouped.sum().backward()
+    assert idle.weight.grad is None or torch.count_nonzero(idle.weight.grad) == 0

@@ -18,13 +18,15 @@ Both replace *how* a gated backbone is computed, never *what* it computes (AdaSh
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .backbones.base import apply_block, block_branches
-from .backbones.norm import has_per_task_norms, repeated_passes, single_task, supports_task_groups, task_groups
+from .backbones.norm import (has_per_task_norms, repeated_passes, single_task, supports_task_groups, task_aware_norms,
+                             task_groups)
 
 PADDING_ROW = (1.0, 0.0)
 
@@ -123,12 +125,24 @@ def _stacked_features(blocks, stacked: torch.Tensor, policy: torch.Tensor, pool:
     """Blocks ``start``.. on (B, T, ...) activations, run as one task-interleaved (B·T, ...) batch."""
     batch, num_tasks = stacked.shape[:2]
     exec_w, skip_w = _gate_views(policy, stacked.dim() - 1)
-    with task_groups(num_tasks, ids):
+    layers = [layer for block in blocks[start:] for layer in _norms(block)]
+    with task_groups(num_tasks, ids, layers):
         for index in range(start, policy.shape[1]):
             f, s = block_branches(blocks[index], stacked.reshape(batch * num_tasks, *stacked.shape[2:]))
             grouped = (batch, num_tasks) + f.shape[1:]
             stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
     return list(pool(stacked.reshape(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
+
+
+_NORMS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = weakref.WeakKeyDictionary()
+
+
+def _norms(block: nn.Module) -> tuple[nn.Module, ...]:
+    """The task-aware BatchNorms inside ``block``, found once per block (walking the modules at
+    every step costs more than the grouping saves)."""
+    if block not in _NORMS:
+        _NORMS[block] = task_aware_norms(block)
+    return _NORMS[block]
 
 
 def can_batch(module: nn.Module) -> bool:

@@ -8,7 +8,8 @@ batch statistics; the running statistics end as T calls in task order would leav
 Inside :func:`repeated_passes` a layer computed once for T identical inputs (a prefix that every
 task executes) updates its running statistics T times, as T separate passes would. The mode
 lives in a context variable, so no module is mutated during ``forward`` apart from its running
-statistics.
+statistics. Layers announced to :func:`task_groups` get their γ, β repeated for the tasks and
+their batch statistics gathered shape by shape, a few operations for all of them together.
 """
 
 from __future__ import annotations
@@ -33,23 +34,46 @@ class _Mode:
     # (layer, (2, T, C) batch means and unbiased variances) for the running statistics, applied
     # together when the task_groups context ends
     pending: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+    # layers announced to task_groups: layer -> (its group, its index in the group)
+    prepared: dict[nn.Module, tuple[_Group, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """Announced layers of one width (and momentum, dtype, device): γ and β repeated for every
+    task in one operation each, ``(T·C,)`` rows of a ``(K, T·C)`` tensor, and one ``(K, 2, T·C)``
+    buffer for their batch statistics; ``called``: which layers ran (only those are updated)."""
+
+    layers: list[nn.Module]
+    weight: tuple[torch.Tensor, ...]
+    bias: tuple[torch.Tensor, ...]
+    stats: torch.Tensor
+    called: list[bool]
 
 
 _MODE: ContextVar[_Mode | None] = ContextVar("sharewise_task_norm_mode", default=None)
 
 
 @contextlib.contextmanager
-def task_groups(num_tasks: int, ids: Sequence[int] | None = None) -> Iterator[None]:
+def task_groups(num_tasks: int, ids: Sequence[int] | None = None,
+                layers: Sequence[nn.Module] = ()) -> Iterator[None]:
     """Batches are task-interleaved, row ``b · num_tasks + t`` for example b of task t: per-task
     batch statistics. The running statistics of every layer called inside are updated when the
     context ends (they are not read in training mode), a few operations for all layers together.
-    ``ids``: the tasks' indices, for :class:`PerTaskBatchNorm` (default 0..num_tasks−1)."""
+    ``ids``: the tasks' indices, for :class:`PerTaskBatchNorm` (default 0..num_tasks−1).
+    ``layers``: the task-aware BatchNorms the context will call (optional; in training mode):
+    their γ, β are repeated for the tasks, and their statistics buffers made, once per width
+    rather than once per layer (per layer: two copies forward and two sums backward, about 25 µs
+    on a 128-wide layer; see docs/benchmarks.md)."""
     mode = _Mode("groups", num_tasks, None if ids is None else tuple(ids))
+    if num_tasks > 1:
+        _prepare(mode, layers)
     token = _MODE.set(mode)
     try:
         yield
     finally:
         _MODE.reset(token)
+    _update_groups(mode)  # an announced layer's first call: before any later call of the same layer
     _update_running(mode.pending, num_tasks)
 
 
@@ -106,6 +130,13 @@ class _TaskAware:
             raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
         channels, batch = self.num_features, x.shape[0] // n
         grouped = x.reshape(batch, n * channels, *x.shape[2:])  # a view: rows are (example, task)
+        slot = mode.prepared.get(self)
+        if slot is not None and not slot[0].called[slot[1]]:  # announced (a second call: per layer)
+            group, i = slot
+            group.called[i] = True
+            stats = group.stats[i]
+            return F.batch_norm(grouped, stats[0], stats[1], group.weight[i], group.bias[i], True, 1.0,
+                                self.eps).view_as(x)
         # the same γ, β for every task: expanded then copied, so backward is one sum over the tasks
         # (``cat`` costs T slices and T − 1 additions in backward; ``repeat`` is slower forward)
         weight = None if self.weight is None else self.weight.expand(n, channels).reshape(-1)
@@ -117,6 +148,50 @@ class _TaskAware:
         out = F.batch_norm(grouped, stats[0], stats[1], weight, bias, True, 1.0, self.eps)
         mode.pending.append((self, stats.view(2, n, channels)))
         return out.view_as(x)
+
+
+def _prepare(mode: _Mode, layers: Sequence[nn.Module]) -> None:
+    n = mode.tasks
+    by_key: dict[tuple, list[nn.Module]] = {}
+    for layer in layers:  # cumulative averages, no γ/β or no running statistics: the per-layer path
+        if (layer.training and layer.affine and layer.track_running_stats and layer.momentum is not None
+                and layer not in mode.prepared):
+            key = (layer.num_features, layer.momentum, layer.weight.dtype, layer.running_mean.dtype, layer.weight.device)
+            by_key.setdefault(key, []).append(layer)
+    for (channels, _, _, stats_dtype, device), group in by_key.items():
+        k = len(group)
+
+        def repeated(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            # copied, not viewed: backward is then one sum over the tasks for the whole group
+            return torch.stack(params).unsqueeze(1).expand(k, n, channels).reshape(k, n * channels).unbind(0)
+
+        # momentum 1 leaves the batch statistics in these rows; zeros, since 0 · NaN is NaN
+        stats = torch.zeros(k, 2, n * channels, dtype=stats_dtype, device=device)
+        entry = _Group(group, repeated([layer.weight for layer in group]), repeated([layer.bias for layer in group]),
+                       stats, [False] * k)
+        for i, layer in enumerate(group):
+            mode.prepared[layer] = (entry, i)
+
+
+def _update_groups(mode: _Mode) -> None:
+    """The announced layers that ran: T updates in task order, from their group's statistics."""
+    done: set[int] = set()
+    n = mode.tasks
+    with torch.no_grad():
+        for group, _ in mode.prepared.values():
+            if id(group) in done or not any(group.called):
+                continue
+            done.add(id(group))
+            index = [i for i, called in enumerate(group.called) if called]
+            layers = [group.layers[i] for i in index]
+            stats = group.stats if len(index) == len(group.layers) else group.stats[index]
+            m = layers[0].momentum
+            # (T,) @ (K, 2, T, C) -> (K, 2, C): the closed form's weighted sum over the tasks
+            update = _decay_weights(m, n, stats.dtype, stats.device) @ stats.view(len(layers), 2, n, -1)
+            running = [layer.running_mean for layer in layers] + [layer.running_var for layer in layers]
+            torch._foreach_mul_(running, (1.0 - m) ** n)
+            torch._foreach_add_(running, list(update[:, 0].unbind(0)) + list(update[:, 1].unbind(0)))
+            torch._foreach_add_([layer.num_batches_tracked for layer in layers], n)
 
 
 def _update_running(pending: list[tuple[nn.Module, torch.Tensor]], n: int) -> None:
@@ -255,3 +330,8 @@ def has_per_task_norms(module: nn.Module) -> bool:
 def supports_task_groups(module: nn.Module) -> bool:
     """True when every BatchNorm inside ``module`` is task-aware (others normalise per example)."""
     return all(isinstance(m, _TaskAware) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def task_aware_norms(module: nn.Module) -> tuple[nn.Module, ...]:
+    """The task-aware BatchNorms inside ``module``, in module order (for :func:`task_groups`)."""
+    return tuple(m for m in module.modules() if isinstance(m, _TaskAware))
