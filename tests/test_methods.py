@@ -47,6 +47,39 @@ def test_round_robin_phase_trains_one_task_per_step(tmp_path):
     assert changed == ctx.model.task_names[:2]  # steps 0 and 1 trained the first two tasks only
 
 
+@pytest.mark.parametrize("names", [["n", "c", "d", "e", "m"], ["e", "n", "c"], ["c", "d", "e"]])
+def test_task_heads_on_stacked_columns_equal_each_head_in_values_and_gradients(names):
+    """``TaskHeads.columns``: heads of equal width as one batched product (with a subset of the
+    columns, in any order, and heads of other widths alone) equal each head on its column."""
+    from sharewise.methods.base import TaskHeads
+    from sharewise.tasks import Task
+
+    tasks = [Task("c", "categorical", classes=[0, 1, 2]), Task("n", "numerical"),
+             Task("m", "multilabel", classes=["x", "y"]), Task("d", "categorical", classes=[0, 1, 2]),
+             Task("e", "categorical", classes=[0, 1, 2])]
+    torch.manual_seed(0)
+    heads = TaskHeads(5, tasks)
+    x = torch.randn(4, len(names), 5, requires_grad=True)
+    out = heads.columns(x, names)
+    assert list(out) == names
+    weights = {t: torch.randn_like(out[t]) for t in names}
+    sum((out[t] * weights[t]).sum() for t in names).backward()
+    grads = {k: p.grad.clone() for k, p in heads.named_parameters() if p.grad is not None}
+    g_x = x.grad.clone()
+    heads.zero_grad(set_to_none=True)
+    x.grad = None
+    each = {t: heads[t](x[:, i]) for i, t in enumerate(names)}
+    sum((each[t] * weights[t]).sum() for t in names).backward()
+    for t in names:
+        assert out[t].shape == each[t].shape
+        torch.testing.assert_close(out[t], each[t])
+    torch.testing.assert_close(g_x, x.grad)
+    assert set(grads) == {k for k, p in heads.named_parameters() if p.grad is not None}
+    for k, p in heads.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[k], p.grad)
+
+
 def test_task_heads_on_one_input_equal_each_head_in_values_and_gradients():
     from sharewise.methods.base import TaskHeads
     from sharewise.tasks import Task

@@ -56,7 +56,8 @@ STACK_LIMIT = 2 ** 20
 
 def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy: torch.Tensor, pool: nn.Module,
                            shared_blocks: int = 0, stack: bool | None = True,
-                           ids: Sequence[int] | None = None, per_task_norms: bool | None = None) -> list[torch.Tensor]:
+                           ids: Sequence[int] | None = None, per_task_norms: bool | None = None,
+                           columns: bool = False) -> list[torch.Tensor] | torch.Tensor:
     """Per-task pooled features for ``policy`` (T, L, 2), equal to :func:`loop_gated_features`.
 
     ``shared_blocks``: how many lowest gated blocks hold the padding row (1, 0) for every task
@@ -71,13 +72,15 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     With per-task BatchNorm (``task_bn``; ``ids`` gives the rows' task indices) no block has the
     same output for two tasks, so nothing is shared: the tasks are stacked from the first block
     (or run one pass each). ``per_task_norms``: whether the blocks hold such layers (None: look;
-    a model that knows saves walking every module at every step).
+    a model that knows saves walking every module at every step). ``columns``: where the tasks
+    end stacked, return their features as one ``(B, T, D)`` tensor (task t in column t), for
+    heads run as one batched product (``TaskHeads.columns``); a list otherwise.
     """
     num_tasks, num_blocks = policy.shape[0], policy.shape[1]
     if per_task_norms is None:
         per_task_norms = any(has_per_task_norms(block) for block in blocks)
     if per_task_norms:
-        return _per_task_norm_features(blocks, h0, policy, pool, stack, ids)
+        return _per_task_norm_features(blocks, h0, policy, pool, stack, ids, columns)
     pad = torch.tensor(PADDING_ROW, dtype=policy.dtype, device=policy.device)
     h = h0
     for index in range(shared_blocks):
@@ -100,17 +103,17 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
                 h = apply_block(blocks[index], h, policy[t, index])
             out.append(pool(h))
         return out
-    return _stacked_features(blocks, stacked, policy, pool, shared_blocks + 1, None)
+    return _stacked_features(blocks, stacked, policy, pool, shared_blocks + 1, None, columns)
 
 
-def _per_task_norm_features(blocks, h0, policy, pool, stack, ids) -> list[torch.Tensor]:
+def _per_task_norm_features(blocks, h0, policy, pool, stack, ids, columns) -> list[torch.Tensor] | torch.Tensor:
     num_tasks = policy.shape[0]
     if stack is None:
         stack = h0.is_cuda or num_tasks * h0.numel() <= STACK_LIMIT
     if not stack:
         return loop_gated_features(blocks, h0, policy, pool, ids)
     stacked = h0.unsqueeze(1).expand(h0.shape[0], num_tasks, *h0.shape[1:])
-    return _stacked_features(blocks, stacked, policy, pool, 0, ids)
+    return _stacked_features(blocks, stacked, policy, pool, 0, ids, columns)
 
 
 def _gate_views(policy: torch.Tensor, dims: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -121,7 +124,7 @@ def _gate_views(policy: torch.Tensor, dims: int) -> tuple[tuple[torch.Tensor, ..
 
 
 def _stacked_features(blocks, stacked: torch.Tensor, policy: torch.Tensor, pool: nn.Module, start: int,
-                      ids: Sequence[int] | None) -> list[torch.Tensor]:
+                      ids: Sequence[int] | None, columns: bool = False) -> list[torch.Tensor] | torch.Tensor:
     """Blocks ``start``.. on (B, T, ...) activations, run as one task-interleaved (B·T, ...) batch."""
     batch, num_tasks = stacked.shape[:2]
     exec_w, skip_w = _gate_views(policy, stacked.dim() - 1)
@@ -131,7 +134,8 @@ def _stacked_features(blocks, stacked: torch.Tensor, policy: torch.Tensor, pool:
             f, s = block_branches(blocks[index], stacked.reshape(batch * num_tasks, *stacked.shape[2:]))
             grouped = (batch, num_tasks) + f.shape[1:]
             stacked = torch.addcmul(skip_w[index] * s.view(grouped), exec_w[index], f.view(grouped))
-    return list(pool(stacked.reshape(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1).unbind(1))
+    features = pool(stacked.reshape(batch * num_tasks, *stacked.shape[2:])).view(batch, num_tasks, -1)
+    return features if columns else list(features.unbind(1))
 
 
 _NORMS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = weakref.WeakKeyDictionary()

@@ -206,7 +206,9 @@ class AdaShareNet(MultiTaskModel):
         if self.execution != "loop":  # v_exec · F(h) + v_skip · S(h), the common part once
             features = batched_gated_features(gated, h0, rows, self.backbone.pool, shared_blocks,
                                               stack=True if self.execution == "batched" else None, ids=ids,
-                                              per_task_norms=self.task_bn)
+                                              per_task_norms=self.task_bn, columns=True)
+            if isinstance(features, torch.Tensor):  # the tasks ended stacked: (B, T, D)
+                return self.heads.columns(features, names)
         else:
             features = loop_gated_features(gated, h0, rows, self.backbone.pool, ids)
         return {t: self.heads[t](f) for t, f in zip(names, features)}
