@@ -250,3 +250,36 @@ def test_announced_norms_called_twice_or_not_at_all_keep_separate_call_statistic
     assert int(idle.num_batches_tracked) == 0
     grouped.sum().backward()
     assert idle.weight.grad is None or torch.count_nonzero(idle.weight.grad) == 0
+
+
+def test_auto_execution_stacks_small_activations_and_the_first_window_only():
+    """``stack=None`` (auto): per-task passes where T copies of a block's input exceed the limit,
+    except where no block is left after the first one in the window (pooling and heads only);
+    stacked results come back as one (B, T, D) tensor with ``columns=True``."""
+    import sharewise.execution as E
+
+    spec, net_a, _ = _pair("mlp")
+    T, B = 3, 4
+    x = torch.randn(B, *spec.shape, generator=torch.Generator().manual_seed(4))
+    L = net_a.num_blocks
+    h0 = net_a.stem(x)
+    kept = E.STACK_LIMIT
+    try:
+        out = {}
+        for limit in (T * h0.numel(), T * h0.numel() - 1):
+            E.STACK_LIMIT = limit
+            for shared in (0, L - 1):
+                _, policy = _soft_policy(T, L, shared, torch.Generator().manual_seed(5))
+                out[limit, shared] = batched_gated_features(net_a.blocks, h0, policy, net_a.pool, shared_blocks=shared,
+                                                            stack=None, columns=True)
+                loop = loop_gated_features(net_a.blocks, h0, policy, net_a.pool)
+                got = out[limit, shared]
+                got = list(got.unbind(1)) if isinstance(got, torch.Tensor) else got
+                for fa, fb in zip(loop, got):
+                    assert torch.allclose(fa, fb, atol=1e-5)
+    finally:
+        E.STACK_LIMIT = kept
+    small, large = T * h0.numel(), T * h0.numel() - 1
+    assert isinstance(out[small, 0], torch.Tensor) and out[small, 0].shape == (B, T, net_a.out_features)
+    assert isinstance(out[large, 0], list) and len(out[large, 0]) == T  # per-task passes
+    assert isinstance(out[large, L - 1], torch.Tensor)  # first window: nothing runs per task

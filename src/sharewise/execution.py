@@ -66,7 +66,8 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     per task. From then on, ``stack=True``: the activations are one task-interleaved
     ``(B·T, ...)`` tensor (row ``b·T + t``), which task-aware BatchNorm views as ``(B, T·C, ...)``
     without a copy, and each block runs once; ``stack=False``: one pass per task over the
-    remaining blocks; ``stack=None``: stacked on a GPU or while T copies of the input hold at
+    remaining blocks; ``stack=None``: stacked on a GPU, where no block remains after the first
+    one in the window (only pooling and heads follow), or while T copies of the input hold at
     most :data:`STACK_LIMIT` elements, else per-task passes.
 
     With per-task BatchNorm (``task_bn``; ``ids`` gives the rows' task indices) no block has the
@@ -89,8 +90,8 @@ def batched_gated_features(blocks: Sequence[nn.Module], h0: torch.Tensor, policy
     if shared_blocks == num_blocks:
         features = pool(h)
         return [features] * num_tasks
-    if stack is None:
-        stack = h.is_cuda or num_tasks * h.numel() <= STACK_LIMIT
+    if stack is None:  # nothing left after the first block in the window: no block runs stacked
+        stack = h.is_cuda or shared_blocks + 1 == num_blocks or num_tasks * h.numel() <= STACK_LIMIT
     with repeated_passes(num_tasks):  # one input for every task: F and S once, mixed T ways
         f, s = block_branches(blocks[shared_blocks], h)
     exec_w, skip_w = _gate_views(policy, h.dim())
