@@ -9,9 +9,11 @@
   task with the longest path: the tree computes at least that path, so per-task passes over
   this step bound the tree's training speed-up from above whatever the FLOPs say (on small
   networks, a step's fixed costs: heads, losses, zero-grad, the optimiser).
-- Memory: bytes saved for backward (CPU; the activations a step keeps) and, on a GPU, the peak
-  allocated memory; minor page faults per call (memory mapped in afresh; `--default-malloc` shows
-  them without the engine's allocator setting).
+- Memory: the peak of each variant (on a GPU the peak allocated memory; on a CPU the peak of
+  `malloc`'s bytes in use, read after every operation, beyond what was in use before the call:
+  `engine.device.peak_host_bytes`), bytes saved for backward (the activations a step keeps), and
+  minor page faults per call (memory mapped in afresh; `--default-malloc` shows them without the
+  engine's allocator setting).
 
 Variants alternate A B A B after a warm-up, each timing a block of consecutive calls (about
 30 ms); medians and min–max over repetitions of the time per call are reported.
@@ -41,7 +43,7 @@ except ImportError:
 from sharewise.backbones import backbone_factory
 from sharewise.cost import count_flops
 from sharewise.data.base import InputSpec
-from sharewise.engine.device import keep_freed_host_memory
+from sharewise.engine.device import keep_freed_host_memory, peak_host_bytes
 from sharewise.engine.optim import build_optimizer
 from sharewise.execution import per_task_features
 from sharewise.methods import _adashare_policy as P
@@ -95,13 +97,17 @@ def _saved_bytes(fn) -> int:
     return total
 
 
-def _peak_cuda(fn, device) -> int | None:
+def _peak(fn, device) -> int | None:
+    """Peak memory of one call beyond what was in use before it (bytes; None where unknown)."""
+    fn()  # as the timings: after a call of the same variant
     if device.type != "cuda":
-        return None
+        return peak_host_bytes(fn)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated(device))
+    return int(torch.cuda.max_memory_allocated(device)) - base
 
 
 # each timing is a block of consecutive calls lasting about this long (divided by its count): a
@@ -200,7 +206,7 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
             "flop_ratio": flops["loop"] / flops["batched"],
             "speedup": timing["loop"]["median_s"] / timing["auto"]["median_s"],
             "speedup_batched": timing["loop"]["median_s"] / timing["batched"]["median_s"],
-            "saved_bytes": memory, "cuda_peak_bytes": {k: _peak_cuda(step(k), device) for k in EXECUTIONS}}
+            "saved_bytes": memory, "peak_bytes": {k: _peak(step(k), device) for k in EXECUTIONS}}
 
 
 def policies(num_tasks: int, L: int, learned: dict | None) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -275,8 +281,10 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
                      "per_task_no_step": train_step(False, step=False), "tree_no_step": train_step(True, step=False),
                      "one_task": one_task_step}, reps, device)
     saved = {"per_task": _saved_bytes(train_step(False)), "tree": _saved_bytes(train_step(True))}
+    peak = {"train": {"per_task": _peak(train_step(False), device), "tree": _peak(train_step(True), device)}}
     arch.eval()
     inference = compare({"per_task": infer(False), "tree": infer(True)}, reps, device)
+    peak["inference"] = {"per_task": _peak(infer(False), device), "tree": _peak(infer(True), device)}
     one = x[:1]
     per_task_flops = sum(count_flops(arch, one, tasks=[t.name]) for t in tasks)
     tree_flops = count_flops(arch, one)
@@ -287,7 +295,7 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
             # per-task passes over one task's step: the most a tree can gain here
             "train_bound": train["per_task"]["median_s"] / train["one_task"]["median_s"],
             "inference_speedup": inference["per_task"]["median_s"] / inference["tree"]["median_s"],
-            "saved_bytes": saved}
+            "saved_bytes": saved, "peak_bytes": peak}
 
 
 def _faults(timing: dict) -> str:
@@ -295,10 +303,15 @@ def _faults(timing: dict) -> str:
     return "-" if n is None else f"{n:.0f}"
 
 
+def _mb(peaks: dict, keys) -> str:
+    return "/".join("-" if peaks[k] is None else f"{peaks[k] / 2**20:.1f}" for k in keys)
+
+
 def _print_tree(r: dict) -> None:
     print(f"{'':<12} {r['backbone']:<11} {r['tasks']:>2} {r['policy']:<13} {r['flop_ratio']:>10.2f} "
           f"{r['train_speedup']:>8.2f} {r['train_speedup_no_step']:>9.2f} {r['train_bound']:>8.2f} "
-          f"{r['inference_speedup']:>8.2f}")
+          f"{r['inference_speedup']:>8.2f} {_mb(r['peak_bytes']['train'], ('per_task', 'tree')):>20} "
+          f"{_mb(r['peak_bytes']['inference'], ('per_task', 'tree')):>20}")
 
 
 def main(argv=None) -> int:
@@ -328,7 +341,8 @@ def main(argv=None) -> int:
                "threads": args.threads, "reps": args.reps, "keep_host_memory": kept, "torch": torch.__version__, "search": [], "tree": []}
     print(f"threads={args.threads} device={results['device']} reps={args.reps} keep_host_memory={kept}")
     print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'FLOP ratio':>10} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
-          f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19} {'faults/step loop/auto/batched':>30}")
+          f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19} {'faults/step loop/auto/batched':>30} "
+          f"{'peak MB loop/auto/batched':>26}")
     kinds = [k for size in args.sizes for k in SIZES[size]]
     for kind in kinds if args.only != "tree" else []:
         for T in args.tasks:
@@ -339,9 +353,10 @@ def main(argv=None) -> int:
                 print(f"{'':<12} {kind:<11} {T:>2} {window:<6} {r['flop_ratio']:>10.2f} {r['speedup']:>7.2f} {r['speedup_batched']:>9.2f} "
                       f"{ms['loop']:>8.2f} {ms['auto']:>8.2f} {ms['batched']:>10.2f} "
                       f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f} "
-                      f"{'/'.join(_faults(r['timing'][k]) for k in EXECUTIONS):>30}")
+                      f"{'/'.join(_faults(r['timing'][k]) for k in EXECUTIONS):>30} "
+                      f"{_mb(r['peak_bytes'], EXECUTIONS):>26}")
     print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'no step x':>9} "
-          f"{'bound x':>8} {'infer x':>8}")
+          f"{'bound x':>8} {'infer x':>8} {'train peak MB p/t':>20} {'infer peak MB p/t':>20}")
     for kind in kinds if args.only != "search" else []:
         L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
         for T in args.tasks:

@@ -1,10 +1,14 @@
-"""Device choice from ``--gpus`` (CPU when empty), with a clear error for a missing GPU, and the
-host allocator setting that keeps freed memory for the next step."""
+"""Device choice from ``--gpus`` (CPU when empty), with a clear error for a missing GPU, the
+host allocator setting that keeps freed memory for the next step, and a host memory peak for
+benchmarks."""
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -48,3 +52,55 @@ def keep_freed_host_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
         return False
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _host_in_use() -> Callable[[], int] | None:
+    """A function returning the bytes glibc's ``malloc`` has handed out and not taken back (heap
+    blocks in use plus mapped blocks, all arenas), or None where ``mallinfo2`` is missing."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # glibc < 2.33
+        return None
+    fn.restype = _Mallinfo2
+
+    def in_use() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+def peak_host_bytes(fn: Callable[[], Any]) -> int | None:
+    """Peak host memory one call of ``fn`` allocates beyond what was in use before it: ``malloc``'s
+    bytes in use, read after every PyTorch operation (forward and, on the CPU, backward run on
+    the calling thread) and at the end. CPU tensors' memory, for comparing execution variants
+    where torch keeps no allocator statistics (on a GPU use ``torch.cuda.max_memory_allocated``).
+    A kernel's scratch memory freed before it returns is not seen. None without glibc ≥ 2.33."""
+    in_use = _host_in_use()
+    if in_use is None:
+        return None
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Watch(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use())
+            return out
+
+    watch = _Watch()
+    with watch:
+        torch.zeros(1)  # the mode's first operation loads what it needs (tens of MB, once)
+        gc.collect()
+        base = watch.peak = in_use()
+        fn()
+        return max(watch.peak, in_use()) - base
