@@ -15,8 +15,9 @@
   minor page faults per call (memory mapped in afresh; `--default-malloc` shows them without the
   engine's allocator setting).
 
-Variants alternate A B A B after a warm-up, each timing a block of consecutive calls (about
-30 ms); medians and min–max over repetitions of the time per call are reported.
+Variants alternate after a warm-up, in a new (seeded) order at each repetition, each timing a
+block of consecutive calls (about 30 ms); medians and min–max over repetitions of the time per
+call are reported.
 
     python benchmarks/adashare_speed.py [--threads 2] [--reps 15] [--device cpu|cuda] [--sizes small large]
         [--out benchmarks/results/adashare_speed.json]
@@ -28,6 +29,7 @@ import argparse
 import gc
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -114,12 +116,17 @@ def _peak(fn, device) -> int | None:
 # single call right after another variant starts from the caches that variant left (25 % slower
 # for the small MLP's tree inference), while a training run calls the same step back to back
 BLOCK_S = 0.03
+# the variants' order changes from one repetition to the next (seeded): the block right after
+# the loop ran up to 10 % slower than the same step timed right after itself, so a fixed order
+# favoured whichever variant never followed the loop
+ORDER_SEED = 0
 
 
 def compare(variants: dict, reps: int, device) -> dict:
-    """Alternate the variants, A×n B×m A×n B×m, after two warm-up rounds; medians and spreads of
-    seconds per call. The garbage collector is off while timing (as in ``timeit``): a
-    collection lands in whichever variant happens to allocate the object that triggers it."""
+    """Alternate the variants, A×n B×m A×n B×m, after two warm-up rounds, in a new order at every
+    repetition (seeded: every run times the same sequence); medians and spreads of seconds per
+    call. The garbage collector is off while timing (as in ``timeit``): a collection lands in
+    whichever variant happens to allocate the object that triggers it."""
     calls = {}
     for _ in range(2):
         for k, fn in variants.items():
@@ -128,9 +135,11 @@ def compare(variants: dict, reps: int, device) -> dict:
     faults = dict.fromkeys(variants, 0)
     gc.collect()
     gc.disable()
+    order = random.Random(ORDER_SEED)
     try:
         for _ in range(reps):
-            for k, fn in variants.items():
+            for k in order.sample(list(variants), len(variants)):
+                fn = variants[k]
                 before = _page_faults()
                 times[k].append(_time(_repeat(fn, calls[k]), device) / calls[k])
                 faults[k] += _page_faults() - before
