@@ -1,6 +1,7 @@
 """Batched search equals the per-task loop; tree execution equals per-task execution."""
 
 import itertools
+import platform
 
 import pytest
 import torch
@@ -283,3 +284,31 @@ def test_auto_execution_stacks_small_activations_and_the_first_window_only():
     assert isinstance(out[small, 0], torch.Tensor) and out[small, 0].shape == (B, T, net_a.out_features)
     assert isinstance(out[large, 0], list) and len(out[large, 0]) == T  # per-task passes
     assert isinstance(out[large, L - 1], torch.Tensor)  # first window: nothing runs per task
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_tree_inference_holds_one_path_and_its_pending_branches_not_a_whole_level():
+    """Depth first with the heads applied at each leaf: 8 tasks on disjoint paths (each executes
+    one block, skips the rest) need about one task's activations at a time, not one per leaf."""
+    from sharewise.engine.device import peak_host_bytes
+
+    T, width, batch = 8, 256, 1024  # one activation: 1 MiB
+    spec = InputSpec("vector", (width,))
+    tasks = [Task(f"t{i}", "numerical") for i in range(T)]
+    decisions = {f"t{i}": tuple(int(l == i) for l in range(T)) for i in range(T)}
+    torch.manual_seed(0)
+    arch = AdaShareArchitecture(backbone_factory("mlp", {"widths": [width] * T, "norm": "batch"}, spec)(), tasks,
+                                decisions).eval()
+    x = torch.randn(batch, width)
+
+    def infer():
+        with torch.no_grad():
+            return arch(x)
+
+    out = infer()
+    assert sorted(out) == sorted(decisions) and all(v.shape == (batch, 1) for v in out.values())
+    activation = batch * width * 4
+    peak = peak_host_bytes(infer)
+    # level by level, with every leaf's features kept for the heads, it was 11 activations; the
+    # stem's output, one block's temporaries and the current path are about 5
+    assert peak < 7 * activation, peak / activation

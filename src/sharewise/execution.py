@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -158,45 +158,59 @@ def can_batch(module: nn.Module) -> bool:
 def tree_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict[str, Sequence[int]],
                   pool: nn.Module, tasks: Sequence[str] | None = None,
                   counts: dict[str, int] | None = None,
-                  task_ids: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
-    """Pooled features per task for binary ``decisions[task][l]`` (1 execute, 0 skip).
+                  task_ids: dict[str, int] | None = None,
+                  at_leaf: Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Pooled features per task for binary ``decisions[task][l]`` (1 execute, 0 skip), in the
+    order of ``tasks``; with ``at_leaf(features, tasks_at_that_leaf)``, what it returns for each
+    task instead (the heads, applied as each leaf is reached so its features can be freed).
 
-    Walks level by level with tasks grouped by their prefix; ``counts`` (optional) receives the
-    number of block evaluations (``F``), non-identity shortcut evaluations (``S``) and leaves.
+    Walks the prefix tree depth first with tasks grouped by their prefix; ``counts`` (optional)
+    receives the number of block evaluations (``F``), non-identity shortcut evaluations (``S``)
+    and leaves.
     ``task_ids`` (per-task BatchNorm, ``task_bn``): every task is its own path from the first
     block, run with its own normalisation (skipped blocks still cost nothing).
     """
     names = list(tasks if tasks is not None else decisions)
-    groups: list[tuple[list[str], torch.Tensor]] = ([(names, h0)] if task_ids is None
-                                                    else [([t], h0) for t in names])
-    for index, block in enumerate(blocks):
-        nxt = []
-        for members, h in groups:
-            execute = [t for t in members if decisions[t][index]]
-            skip = [t for t in members if not decisions[t][index]]
-            scope = single_task(task_ids[members[0]]) if task_ids is not None else contextlib.nullcontext()
-            with scope:
-                f = block(h) if execute else None
-                s = block.shortcut(h) if skip else None
-            if execute:
-                nxt.append((execute, f))
-                if counts is not None:
-                    counts["F"] = counts.get("F", 0) + 1
-            if skip:
-                shortcut = block.shortcut
-                nxt.append((skip, s))
-                if counts is not None and not isinstance(shortcut, nn.Identity):
-                    counts["S"] = counts.get("S", 0) + 1
-        groups = nxt
-    out = {}
-    for members, h in groups:
-        with single_task(task_ids[members[0]]) if task_ids is not None else contextlib.nullcontext():
-            features = pool(h)
-        for t in members:
-            out[t] = features
+    roots = [(names, h0)] if task_ids is None else [([t], h0) for t in names]
+
+    def scope(members: list[str]) -> contextlib.AbstractContextManager:
+        return single_task(task_ids[members[0]]) if task_ids is not None else contextlib.nullcontext()
+
+    # depth first, the executing branch before the skipping one: every level's prefixes come in
+    # the order a level-by-level walk gives them (so each layer sees its inputs, and updates its
+    # running statistics, in the same order), while only the pending branches of the current
+    # path hold activations, not every prefix of a level (inference's peak memory)
+    stack = [(0, members, h) for members, h in reversed(roots)]
+    out: dict[str, torch.Tensor] = {}
+    leaves = 0
+    while stack:
+        index, members, h = stack.pop()
+        if index == len(blocks):
+            with scope(members):
+                features = pool(h)
+            out.update(at_leaf(features, members) if at_leaf is not None else dict.fromkeys(members, features))
+            leaves += 1
+            continue
+        block = blocks[index]
+        execute = [t for t in members if decisions[t][index]]
+        skip = [t for t in members if not decisions[t][index]]
+        with scope(members):
+            f = block(h) if execute else None
+            s = block.shortcut(h) if skip else None
+        del h
+        if skip:
+            stack.append((index + 1, skip, s))
+            if counts is not None and not isinstance(block.shortcut, nn.Identity):
+                counts["S"] = counts.get("S", 0) + 1
+        if execute:
+            stack.append((index + 1, execute, f))
+            if counts is not None:
+                counts["F"] = counts.get("F", 0) + 1
+        del f, s
     if counts is not None:
-        counts["leaves"] = len(groups)
-    return out
+        counts["leaves"] = leaves
+    return {t: out[t] for t in names}
 
 
 def per_task_features(blocks: Sequence[nn.Module], h0: torch.Tensor, decisions: dict[str, Sequence[int]],

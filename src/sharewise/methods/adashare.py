@@ -286,14 +286,9 @@ class AdaShareArchitecture(MultiTaskModel):
             h0 = block(h0)
         names = list(tasks or self.task_names)
         task_ids = {t.name: i for i, t in enumerate(self.tasks)} if self.task_bn else None
-        features = tree_features(gated, h0, self.decisions, self.backbone.pool, names, task_ids=task_ids)
-        leaves: dict[int, list[str]] = {}
-        for t in names:
-            leaves.setdefault(id(features[t]), []).append(t)
-        out = {}
-        for group in leaves.values():  # tasks sharing a leaf: their heads as one matrix product
-            out.update(self.heads.shared_input(features[group[0]], group))
-        return out
+        # tasks sharing a leaf: their heads as one matrix product, as the leaf is reached
+        return tree_features(gated, h0, self.decisions, self.backbone.pool, names, task_ids=task_ids,
+                             at_leaf=self.heads.shared_input)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"backbone": list(self.backbone.parameters()), "heads": list(self.heads.parameters())}
