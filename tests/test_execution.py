@@ -312,3 +312,24 @@ def test_tree_inference_holds_one_path_and_its_pending_branches_not_a_whole_leve
     # level by level, with every leaf's features kept for the heads, it was 11 activations; the
     # stem's output, one block's temporaries and the current path are about 5
     assert peak < 7 * activation, peak / activation
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d"])
+def test_tree_depth_first_and_level_by_level_walks_agree_in_outputs_and_running_statistics(name):
+    """Without gradients the tree is walked depth first, with them level by level: the same
+    outputs, the same counts, and every layer's inputs in the same order (running statistics
+    equal after a training-mode pass)."""
+    spec, net_a, net_b = _pair(name)
+    L = net_a.num_blocks
+    decisions = _policies(5, L, 11)["random"]
+    x = torch.randn(4, *spec.shape, generator=torch.Generator().manual_seed(12))
+    counts_a, counts_b = {}, {}
+    level = tree_features(net_a.blocks, net_a.stem(x), decisions, net_a.pool, counts=counts_a)
+    with torch.no_grad():
+        depth = tree_features(net_b.blocks, net_b.stem(x), decisions, net_b.pool, counts=counts_b)
+    assert list(level) == list(depth) == list(decisions)
+    for t in decisions:
+        torch.testing.assert_close(level[t].detach(), depth[t])
+    assert counts_a == counts_b
+    for (n, ba), bb in zip(net_a.named_buffers(), net_b.buffers()):
+        assert torch.equal(ba, bb), n
