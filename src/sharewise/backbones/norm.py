@@ -175,13 +175,12 @@ def _prepare(mode: _Mode, layers: Sequence[nn.Module]) -> None:
 
 def _update_groups(mode: _Mode) -> None:
     """The announced layers that ran: T updates in task order, from their group's statistics."""
-    done: set[int] = set()
     n = mode.tasks
+    groups = {id(group): group for group, _ in mode.prepared.values()}.values()  # in announcement order
     with torch.no_grad():
-        for group, _ in mode.prepared.values():
-            if id(group) in done or not any(group.called):
+        for group in groups:
+            if not any(group.called):
                 continue
-            done.add(id(group))
             index = [i for i, called in enumerate(group.called) if called]
             layers = [group.layers[i] for i in index]
             stats = group.stats if len(index) == len(group.layers) else group.stats[index]
