@@ -9,6 +9,9 @@
   task with the longest path: the tree computes at least that path, so per-task passes over
   this step bound the tree's training speed-up from above whatever the FLOPs say (on small
   networks, a step's fixed costs: heads, losses, zero-grad, the optimiser).
+- Operations: how many PyTorch operations one step dispatches (`cost.count_operations`),
+  views included. On a small network each costs a few microseconds whatever its FLOPs, so there
+  the tree's training speed-up follows the ratio of the counts ("op ratio") rather than the FLOPs.
 - Memory: the peak of each variant (on a GPU the peak allocated memory; on a CPU the peak of
   `malloc`'s bytes in use, read after every operation, beyond what was in use before the call:
   `engine.device.peak_host_bytes`), bytes saved for backward (the activations a step keeps), and
@@ -43,7 +46,7 @@ except ImportError:
     resource = None
 
 from sharewise.backbones import backbone_factory
-from sharewise.cost import count_flops
+from sharewise.cost import count_flops, count_operations
 from sharewise.data.base import InputSpec
 from sharewise.engine.device import keep_freed_host_memory, peak_host_bytes
 from sharewise.engine.optim import build_optimizer
@@ -215,7 +218,8 @@ def search_case(kind: str, num_tasks: int, window: str, reps: int, device) -> di
             "flop_ratio": flops["loop"] / flops["batched"],
             "speedup": timing["loop"]["median_s"] / timing["auto"]["median_s"],
             "speedup_batched": timing["loop"]["median_s"] / timing["batched"]["median_s"],
-            "saved_bytes": memory, "peak_bytes": {k: _peak(step(k), device) for k in EXECUTIONS}}
+            "saved_bytes": memory, "peak_bytes": {k: _peak(step(k), device) for k in EXECUTIONS},
+            "operations": {k: count_operations(step(k)) for k in EXECUTIONS}}
 
 
 def policies(num_tasks: int, L: int, learned: dict | None) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -291,6 +295,9 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
                      "one_task": one_task_step}, reps, device)
     saved = {"per_task": _saved_bytes(train_step(False)), "tree": _saved_bytes(train_step(True))}
     peak = {"train": {"per_task": _peak(train_step(False), device), "tree": _peak(train_step(True), device)}}
+    # on a small network each operation costs about the same whatever its FLOPs: the ratio of the
+    # operations a training step dispatches is the limit where time follows the count
+    operations = {"per_task": count_operations(train_step(False)), "tree": count_operations(train_step(True))}
     arch.eval()
     inference = compare({"per_task": infer(False), "tree": infer(True)}, reps, device)
     peak["inference"] = {"per_task": _peak(infer(False), device), "tree": _peak(infer(True), device)}
@@ -304,6 +311,7 @@ def tree_case(kind: str, num_tasks: int, name: str, decisions: dict, reps: int, 
             # per-task passes over one task's step: the most a tree can gain here
             "train_bound": train["per_task"]["median_s"] / train["one_task"]["median_s"],
             "inference_speedup": inference["per_task"]["median_s"] / inference["tree"]["median_s"],
+            "operations": operations, "op_ratio": operations["per_task"] / operations["tree"],
             "saved_bytes": saved, "peak_bytes": peak}
 
 
@@ -318,7 +326,7 @@ def _mb(peaks: dict, keys) -> str:
 
 def _print_tree(r: dict) -> None:
     print(f"{'':<12} {r['backbone']:<11} {r['tasks']:>2} {r['policy']:<13} {r['flop_ratio']:>10.2f} "
-          f"{r['train_speedup']:>8.2f} {r['train_speedup_no_step']:>9.2f} {r['train_bound']:>8.2f} "
+          f"{r['train_speedup']:>8.2f} {r['train_speedup_no_step']:>9.2f} {r['train_bound']:>8.2f} {r['op_ratio']:>8.2f} "
           f"{r['inference_speedup']:>8.2f} {_mb(r['peak_bytes']['train'], ('per_task', 'tree')):>20} "
           f"{_mb(r['peak_bytes']['inference'], ('per_task', 'tree')):>20}")
 
@@ -351,7 +359,7 @@ def main(argv=None) -> int:
     print(f"threads={args.threads} device={results['device']} reps={args.reps} keep_host_memory={kept}")
     print(f"{'search step':<12} {'backbone':<11} {'T':>2} {'window':<6} {'FLOP ratio':>10} {'auto x':>7} {'batched x':>9} {'loop ms':>8} "
           f"{'auto ms':>8} {'batched ms':>10} {'saved MB loop/auto':>19} {'faults/step loop/auto/batched':>30} "
-          f"{'peak MB loop/auto/batched':>26}")
+          f"{'peak MB loop/auto/batched':>26} {'ops loop/auto/batched':>22}")
     kinds = [k for size in args.sizes for k in SIZES[size]]
     for kind in kinds if args.only != "tree" else []:
         for T in args.tasks:
@@ -363,9 +371,10 @@ def main(argv=None) -> int:
                       f"{ms['loop']:>8.2f} {ms['auto']:>8.2f} {ms['batched']:>10.2f} "
                       f"{r['saved_bytes']['loop'] / 2**20:>10.2f}/{r['saved_bytes']['auto'] / 2**20:.2f} "
                       f"{'/'.join(_faults(r['timing'][k]) for k in EXECUTIONS):>30} "
-                      f"{_mb(r['peak_bytes'], EXECUTIONS):>26}")
+                      f"{_mb(r['peak_bytes'], EXECUTIONS):>26} "
+                      f"{'/'.join(str(r['operations'][k]) for k in EXECUTIONS):>22}")
     print(f"{'tree':<12} {'backbone':<11} {'T':>2} {'policy':<13} {'FLOP ratio':>10} {'train x':>8} {'no step x':>9} "
-          f"{'bound x':>8} {'infer x':>8} {'train peak MB p/t':>20} {'infer peak MB p/t':>20}")
+          f"{'bound x':>8} {'op ratio':>8} {'infer x':>8} {'train peak MB p/t':>20} {'infer peak MB p/t':>20}")
     for kind in kinds if args.only != "search" else []:
         L = sum(BACKBONES[kind][1].get("blocks", [])) or BACKBONES[kind][1]["depth"]
         for T in args.tasks:

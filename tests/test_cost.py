@@ -1,7 +1,7 @@
 import torch
 
 from sharewise.config import validate_config
-from sharewise.cost import count_flops, flop_counts, parameter_counts
+from sharewise.cost import count_flops, count_operations, flop_counts, parameter_counts
 from sharewise.engine.runner import prepare
 
 
@@ -46,3 +46,18 @@ def test_resnet_flops_by_hand():
     flops = flop_counts(ctx.model, ctx.data.examples.inputs[0])
     assert flops["per_task"]["digit"] == trunk + 2 * 8 * 10
     assert count_flops(ctx.model.backbone, ctx.data.examples.inputs[:1]) == trunk
+
+
+def test_count_operations_counts_forward_and_backward_calls():
+    a = torch.randn(3, requires_grad=True)
+    b = torch.randn(3)
+    assert count_operations(lambda: a.mul(b).add_(1.0)) == 2
+    with torch.no_grad():
+        assert count_operations(lambda: (a * b).relu()) == 2
+    # one more operation is one more call; backward adds its own (at least one per node)
+    forward = count_operations(lambda: (a * b).sum())
+    both = count_operations(lambda: (a * b).sum().backward())
+    assert forward == 2 and both > forward + 1
+    # counts do not depend on sizes
+    big = torch.randn(10_000)
+    assert count_operations(lambda: (big * big).sum()) == 2

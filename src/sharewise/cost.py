@@ -68,6 +68,27 @@ def count_flops(fn, *args: Any, **kwargs: Any) -> int:
     return int(counter.get_total_flops())
 
 
+def count_operations(fn, *args: Any, **kwargs: Any) -> int:
+    """How many PyTorch operations one call of ``fn`` dispatches, forward and (on the CPU, where
+    it runs on the calling thread) backward, views and in-place updates included. On a small
+    network on a CPU each costs a few microseconds whatever its FLOPs, so the ratio of two
+    variants' counts is what their times follow where the FLOP ratio does not
+    (``benchmarks/adashare_speed.py``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = _Count()
+    with counter:
+        fn(*args, **kwargs)
+    return counter.calls
+
+
 @torch.no_grad()
 def flop_counts(model: Any, example: torch.Tensor, forward_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """FLOPs for one example (``example`` has no batch dimension)."""
