@@ -50,8 +50,8 @@ from sharewise.cost import count_flops, count_operations
 from sharewise.data.base import InputSpec
 from sharewise.engine.device import keep_freed_host_memory, peak_host_bytes
 from sharewise.engine.optim import build_optimizer
-from sharewise.execution import per_task_features
-from sharewise.methods import _adashare_policy as P
+from sharewise.methods.adashare.execution import per_task_features
+from sharewise.methods.adashare import policy as P
 from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet
 from sharewise.methods.base import OptimSpec
 from sharewise.tasks import Task, compute_losses

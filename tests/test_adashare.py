@@ -12,7 +12,7 @@ from sharewise.cli.main import main
 from sharewise.config import validate_config
 from sharewise.data.base import InputSpec
 from sharewise.errors import ConfigError, RunDirError
-from sharewise.methods import _adashare_policy as P
+from sharewise.methods.adashare import policy as P
 from sharewise.methods.adashare import AdaShare, AdaShareArchitecture, AdaShareNet, RemovedBlock, load_matching
 from sharewise.seeding import stream_seed
 from sharewise.tasks import Task
@@ -473,7 +473,7 @@ def test_non_default_options_run(tmp_path):
 def test_per_task_batchnorm_is_a_batchnorm_per_task():
     """In a pass for task t the layer is exactly a BatchNorm with task t's γ, β and statistics,
     and only task t's statistics move; stacked rows of a subset of tasks get the same."""
-    from sharewise.backbones.norm import PerTaskBatchNorm, single_task, task_groups
+    from sharewise.layers import PerTaskBatchNorm, single_task, task_groups
 
     layer = PerTaskBatchNorm(3, 4, dims=0)
     with torch.no_grad():

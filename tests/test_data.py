@@ -119,3 +119,19 @@ def test_test_skip_rows_applies_to_the_test_file_only(tmp_path):
     data = build_data(cfg).data
     assert len(data.splits["train"]) + len(data.splits["val"]) == 40
     assert len(data.splits["test"]) == 14
+
+
+def test_training_order_keys_never_collide_and_keep_the_historical_numbers():
+    from sharewise.seeding import order_key, stream_seed
+
+    # below 64 stretches and 4,096 repetitions: the number recorded runs used, (c·64 + s)·4096 + r
+    assert order_key((3, 1, 7), (64, 4096)) == (3 * 64 + 1) * 4096 + 7
+    # from 64 stretches or 4,096 repetitions on, the old number collided: (0, 64, 0) was (1, 0, 0)
+    keys = [(c, s, r) for c in range(3) for s in (0, 1, 63, 64, 65) for r in (0, 1, 4095, 4096, 8191)]
+    seeds = {stream_seed(7, "data_order", order_key(k, (64, 4096))) for k in keys}
+    assert len(seeds) == len(keys)
+    assert order_key((0, 64, 0), (64, 4096)) != order_key((1, 0, 0), (64, 4096))
+    # per-task orders add a repetition with radix 1,000 to the phase's key, tuple keys included
+    inner = [order_key(k, (64, 4096)) for k in keys]
+    per_task = {stream_seed(7, "data_order", order_key((k, rep), (1000,))) for k in inner for rep in (0, 999, 1000)}
+    assert len(per_task) == 3 * len(inner)

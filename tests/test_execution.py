@@ -8,7 +8,7 @@ import torch
 
 from sharewise.backbones import backbone_factory
 from sharewise.data.base import InputSpec
-from sharewise.execution import (batched_gated_features, distinct_prefixes, loop_gated_features,
+from sharewise.methods.adashare.execution import (batched_gated_features, distinct_prefixes, loop_gated_features,
                                  tree_features)
 
 SPECS = {
@@ -131,7 +131,7 @@ def test_tree_skipped_block_gets_no_gradient():
 
 # ----------------------------------------------------------------- on the AdaShare models
 
-from sharewise.methods import _adashare_policy as P  # noqa: E402
+from sharewise.methods.adashare import policy as P  # noqa: E402
 from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet  # noqa: E402
 from sharewise.tasks import Task  # noqa: E402
 
@@ -195,7 +195,7 @@ def test_task_groups_norm_equals_separate_calls_in_task_order(dims, momentum, af
     """An interleaved (B·T, C, ...) batch normalised once equals T separate calls, one per task,
     in outputs, gradients of x, γ and β, and the running statistics they leave; the same when
     the layer is announced to the context (γ, β and statistics prepared per width)."""
-    from sharewise.backbones.norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, task_groups
+    from sharewise.layers import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, task_groups
 
     cls = {0: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims]
     T, B, C = 3, 4, 5
@@ -230,7 +230,7 @@ def test_announced_norms_called_twice_or_not_at_all_keep_separate_call_statistic
     """Announced layers of one width share a statistics buffer: a layer called twice in the
     context (a shared module) gets both updates, call by call in task order, and an announced
     layer that is never called keeps its statistics and gets no gradient."""
-    from sharewise.backbones.norm import TaskBatchNorm1d, task_groups
+    from sharewise.layers import TaskBatchNorm1d, task_groups
 
     T, B, C = 3, 4, 6
     g = torch.Generator().manual_seed(3)
@@ -257,7 +257,7 @@ def test_auto_execution_stacks_small_activations_and_the_first_window_only():
     """``stack=None`` (auto): per-task passes where T copies of a block's input exceed the limit,
     except where no block is left after the first one in the window (pooling and heads only);
     stacked results come back as one (B, T, D) tensor with ``columns=True``."""
-    import sharewise.execution as E
+    import sharewise.methods.adashare.execution as E
 
     spec, net_a, _ = _pair("mlp")
     T, B = 3, 4

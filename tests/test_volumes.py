@@ -481,7 +481,7 @@ def test_hard_run_on_volumes_writes_counts_to_data_state(tmp_path):
                "--set", "train.batch_size=8", "--set", "output.tensorboard=false"])
     assert rc == 0
     state = json.loads((out / "data_state.json").read_text())
-    assert state["volumes"]["used"] == 20 and state["input_spec"] == {"kind": "volume", "shape": [1, 16, 16, 16]}
+    assert state["volumes"]["used"] == 20 and state["input_spec"] == {"kind": "volume", "shape": [1, 16, 16, 16], "dtype": "float32"}
     assert state["preprocessing"]["shape"] == [16, 16, 16]
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"Sex", "Age"} and results["run"]["backbone"] == "resnet3d"

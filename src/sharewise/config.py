@@ -303,7 +303,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
 

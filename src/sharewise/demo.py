@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import validate_config
-from .engine.checkpoint import atomic_write_text
+from .files import atomic_write_text
 
 DEMO_METHODS = ("independent", "hard", "adashare")
 

@@ -15,13 +15,12 @@ import io
 import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from .engine.checkpoint import atomic_write_bytes
 from .errors import RunDirError
+from .files import atomic_write_bytes
 
 FORMAT = "sharewise-export"
 VERSION = 1
@@ -82,7 +81,9 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch
     from .backbones import backbone_factory
     from .config import validate_config, validate_options
     from .data.base import InputSpec
-    from .methods import Candidate, get_method
+    from .engine.runner import RunContext
+    from .methods import BuildContext, Candidate, get_method
+    from .seeding import RandomStreams
     from .tasks import Task
 
     path = Path(path)
@@ -96,12 +97,13 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch
         raise RunDirError(f"{path}: not a sharewise export (format {desc.get('format')!r})")
     cfg = validate_config(desc["config"])
     tasks = [Task.from_dict(t) for t in desc["tasks"]]
-    spec = InputSpec(desc["input_spec"]["kind"], tuple(desc["input_spec"]["shape"]))
+    spec = InputSpec.from_dict(desc["input_spec"])
     method_cls = get_method(cfg.method.name)
     method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
-    ctx = SimpleNamespace(cfg=cfg, tasks=tasks, backbone_factory=factory, device=torch.device(device))
-    ctx.model = method.build(factory, tasks)
+    model = method.build(BuildContext(spec, tasks, factory, RandomStreams(cfg.train.seed)))
+    ctx = RunContext(cfg, path.parent, None, method, model, torch.device(device), backbone_factory=factory,
+                     task_list=tasks, input_spec=spec)
     model = method.candidate_model(ctx, Candidate(**desc["candidate"]))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()

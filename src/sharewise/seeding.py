@@ -16,20 +16,52 @@ import torch
 STREAMS = ("split", "init", "data_order", "augment", "gumbel", "arch_sample", "dropout")
 
 
-def stream_seed(seed: int, stream: str, *counters: int) -> int:
-    """A 63-bit seed for ``stream`` (and optional counters such as epoch or step)."""
-    key = ":".join([str(int(seed)), stream, *(str(int(c)) for c in counters)])
+def stream_seed(seed: int, stream: str, *counters: int | tuple[int, ...]) -> int:
+    """A 63-bit seed for ``stream`` (and optional counters such as epoch or step; a tuple counter
+    stands for its parts, see :func:`order_key`)."""
+    parts = [str(int(seed)), stream]
+    for c in counters:
+        parts.extend(str(int(v)) for v in c) if isinstance(c, tuple) else parts.append(str(int(c)))
+    key = ":".join(parts)
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
 
 
-def generator(seed: int, stream: str, *counters: int) -> torch.Generator:
+def order_key(parts: tuple[int, ...], radices: tuple[int, ...]) -> int | tuple[int, ...]:
+    """One counter for several (e.g. cycle, stretch, repetition), distinct for distinct parts.
+
+    While every part after the first is below its radix, the mixed-radix number
+    ``((p0 · r1 + p1) · r2 + p2) …`` (the historical key, so recorded runs keep their data
+    order); otherwise the parts themselves, a tuple, which :func:`stream_seed` hashes as
+    ``p0:p1:p2``, a string no single integer gives. A part that is itself a key in tuple form is
+    spliced in (the result is then a tuple)."""
+    flat: list[int] = []
+    nested = False
+    for p in parts:
+        if isinstance(p, tuple):
+            flat.extend(int(v) for v in p)
+            nested = True
+        else:
+            flat.append(int(p))
+    if nested:
+        return tuple(flat)
+    if len(radices) != len(flat) - 1:
+        raise ValueError(f"order_key: {len(flat)} parts need {len(flat) - 1} radices, got {len(radices)}")
+    if any(p < 0 for p in flat) or any(p >= r for p, r in zip(flat[1:], radices)):
+        return tuple(flat)
+    key = flat[0]
+    for p, r in zip(flat[1:], radices):
+        key = key * r + p
+    return key
+
+
+def generator(seed: int, stream: str, *counters: int | tuple[int, ...]) -> torch.Generator:
     """A CPU ``torch.Generator`` for the stream."""
     g = torch.Generator()
     g.manual_seed(stream_seed(seed, stream, *counters))
     return g
 
 
-def np_rng(seed: int, stream: str, *counters: int) -> np.random.Generator:
+def np_rng(seed: int, stream: str, *counters: int | tuple[int, ...]) -> np.random.Generator:
     return np.random.default_rng(stream_seed(seed, stream, *counters))
 
 
@@ -70,3 +102,22 @@ def _np_state_to_tensors(st: tuple) -> dict:
 
 def _np_state_from_tensors(d: dict) -> tuple:
     return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+class RandomStreams:
+    """The run's independent random streams from one seed (``BuildContext.streams``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def seed_of(self, stream: str, *counters: int | tuple[int, ...]) -> int:
+        return stream_seed(self.seed, stream, *counters)
+
+    def generator(self, stream: str, *counters: int | tuple[int, ...]) -> torch.Generator:
+        return generator(self.seed, stream, *counters)
+
+    def np_rng(self, stream: str, *counters: int | tuple[int, ...]) -> np.random.Generator:
+        return np_rng(self.seed, stream, *counters)
+
+    def __repr__(self) -> str:
+        return f"RandomStreams(seed={self.seed})"

@@ -82,7 +82,7 @@ def block_branches(block: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, tor
 def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
     """Normalisation by name for 1-D features (dims=0), images (2) or volumes (3)."""
     if kind == "batch":
-        from .norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d
+        from ..layers.norm import TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d
 
         return {0: TaskBatchNorm1d, 1: TaskBatchNorm1d, 2: TaskBatchNorm2d, 3: TaskBatchNorm3d}[dims](channels)
     if kind == "group":

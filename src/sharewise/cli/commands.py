@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..api import Run
     from ..data.table import read_table
-    from ..engine.checkpoint import atomic_write_bytes
+    from ..files import atomic_write_bytes
     from ..errors import RunDirError
 
     out = Path(args.out)

@@ -62,10 +62,16 @@ class ExampleSet:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the backbone sees: ``kind`` in {vector, image, volume} and the per-example shape."""
+    """What the model sees: ``kind`` in {vector, image, volume}, the per-example shape and the
+    dtype of a batch's inputs (every source gives float32 tensors)."""
 
     kind: str
     shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
     @property
     def in_features(self) -> int:
@@ -76,10 +82,15 @@ class InputSpec:
         return int(self.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "shape": list(self.shape)}
+        return {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        return cls(d["kind"], tuple(d["shape"]), d.get("dtype", "float32"))
 
 
-def shard_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+def shard_order(n: int, *, shuffle: bool, seed: int, epoch: int | tuple[int, ...], rank: int = 0,
+                world_size: int = 1) -> np.ndarray:
     """Positions 0..n−1 for one epoch: a seeded permutation (same on every rank), strided by rank.
 
     Training orders (``shuffle``) are padded by wrapping so that every rank takes the same number
@@ -121,7 +132,7 @@ class SharedInputData:
         return n // batch_size if drop_last else -(-n // batch_size)
 
     def batches(
-        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int | tuple[int, ...] = 0,
         start: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False, augment: bool = False,
         workers: int = 0,
     ) -> Iterator[tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
@@ -180,14 +191,14 @@ class PerTaskData:
         return max(counts) if counts else 0
 
     def batches(
-        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int | tuple[int, ...] = 0,
         start: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False, augment: bool = False,
         workers: int = 0,
     ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """Yield ``{task: (inputs, targets, mask)}``. In training (``shuffle``) a task that runs
         out restarts with its next permutation, so every step sees every task; in evaluation a
         task drops out of the batch once its split is exhausted."""
-        from ..seeding import generator, stream_seed
+        from ..seeding import generator, order_key, stream_seed
 
         n_batches = self.num_batches(split, batch_size, drop_last=drop_last, world_size=world_size)
         per_task: dict[str, tuple[np.ndarray, int]] = {}
@@ -206,7 +217,7 @@ class PerTaskData:
                 if not shuffle and b >= per_epoch:
                     continue
                 rep, pos = divmod(b, per_epoch)
-                order = pool[shard_order(len(pool), shuffle=shuffle, seed=task_seed, epoch=epoch * 1000 + rep,
+                order = pool[shard_order(len(pool), shuffle=shuffle, seed=task_seed, epoch=order_key((epoch, rep), (1000,)),
                                          rank=rank, world_size=world_size)]
                 index = order[pos * batch_size:(pos + 1) * batch_size]
                 if len(index) == 0:

@@ -24,13 +24,15 @@ from ..backbones import backbone_factory
 from ..config import Config, save_config, validate_options
 from ..cost import flop_counts, parameter_counts
 from ..data import LoadedData, build_data
+from ..data.base import InputSpec
 from ..errors import ConfigError, RunDirError
 from ..methods import Method, MultiTaskModel, get_method
-from ..methods.base import Candidate
-from ..seeding import seed_global, stream_seed
+from ..methods.base import BuildContext, Candidate
+from ..seeding import RandomStreams, seed_global
 from ..tasks import Task
 from . import distributed as D
-from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
+from ..files import atomic_write_json, atomic_write_text
+from .checkpoint import load_checkpoint
 from .device import keep_freed_host_memory, resolve_device
 from .evaluate import evaluate
 from .logging import MetricsLogger
@@ -41,6 +43,9 @@ SCHEMA = 1
 
 @dataclass
 class RunContext:
+    """One run as the engine sees it; also the :class:`~sharewise.methods.base.MethodContext`
+    through which a method reaches its data, earlier checkpoints and its own files."""
+
     cfg: Config
     run_dir: Path
     loaded: LoadedData
@@ -51,6 +56,7 @@ class RunContext:
     reference_source: str | None = None
     backbone_factory: Any = None
     task_list: list[Task] | None = None  # when there is no data (a finished run loaded for predict)
+    input_spec: InputSpec | None = None
 
     @property
     def data(self):
@@ -61,6 +67,65 @@ class RunContext:
     @property
     def tasks(self) -> list[Task]:
         return self.task_list if self.loaded is None else self.loaded.data.tasks
+
+    # the method's view (MethodContext) --------------------------------------------------------
+
+    def build_context(self) -> BuildContext:
+        spec = self.input_spec if self.loaded is None else self.loaded.data.input_spec
+        return BuildContext(spec, self.tasks, self.backbone_factory, RandomStreams(self.cfg.train.seed))
+
+    def _artifact(self, name: str) -> Path:
+        if name not in self.method.artifacts:
+            raise ValueError(f"method {self.method.name!r} writes {name!r}, which is not in its `artifacts` "
+                             f"{self.method.artifacts}")
+        return self.run_dir / name
+
+    def write_artifact(self, name: str, content: dict[str, Any] | list[Any] | str) -> None:
+        path = self._artifact(name)
+        if not D.is_main():
+            return
+        if isinstance(content, str):
+            atomic_write_text(path, content)
+        else:
+            atomic_write_json(path, content)
+
+    def read_artifact(self, name: str) -> dict[str, Any] | list[Any] | str | None:
+        path = self._artifact(name)
+        if not path.exists():
+            return None
+        text = path.read_text()
+        if path.suffix != ".json":
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RunDirError(f"{path}: not valid JSON ({err}); remove it or rerun with --overwrite") from None
+
+    def load_checkpoint(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        full = self.run_dir / path
+        if missing_ok and not full.exists():
+            return None
+        return load_checkpoint(full)
+
+    def load_phase_checkpoint(self, phase: str, which: str = "last", *, directory: str = ".",
+                              missing_ok: bool = False) -> dict[str, Any] | None:
+        return self.load_checkpoint(str(Path(directory) / "checkpoints" / phase / f"{which}.pt"), missing_ok=missing_ok)
+
+
+def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
+    """The configured backbone family as a factory, validated once. With ``train.sync_bn`` on
+    NCCL its BatchNorms are converted to ``SyncBatchNorm`` here, before any method sees the
+    backbone, so a method chooses its execution on the layers it will run (AdaShare's batched
+    search needs task-aware BatchNorm and falls back to its per-task loop otherwise; converting
+    after ``build`` would swap the task-grouped normalisation for one that mixes the tasks)."""
+    factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, input_spec)
+    if not (cfg.train.sync_bn and D.is_distributed()):
+        return factory
+    if D.backend() != "nccl":
+        warnings.warn("train.sync_bn: SyncBatchNorm needs the NCCL backend (GPUs); with gloo on CPU each "
+                      "process keeps its own BatchNorm statistics")
+        return factory
+    return lambda: torch.nn.SyncBatchNorm.convert_sync_batchnorm(factory())
 
 
 def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None,
@@ -83,16 +148,10 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     method_cls = get_method(cfg.method.name)
     options = validate_options(method_cls.Options, cfg.method.options, "method")
     method = method_cls(options, cfg)
-    factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, loaded.data.input_spec)
-    torch.manual_seed(stream_seed(cfg.train.seed, "init"))
-    model = method.build(factory, loaded.data.tasks)
-    if cfg.train.sync_bn and D.is_distributed():
-        if D.backend() == "nccl":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            warnings.warn("train.sync_bn: SyncBatchNorm needs the NCCL backend (GPUs); with gloo on CPU each "
-                          "process keeps its own BatchNorm statistics")
-    model = model.to(device)
+    factory = model_backbone_factory(cfg, loaded.data.input_spec)
+    build_ctx = BuildContext(loaded.data.input_spec, loaded.data.tasks, factory, RandomStreams(cfg.train.seed))
+    torch.manual_seed(build_ctx.streams.seed_of("init"))
+    model = method.build(build_ctx).to(device)
     seed_global(cfg.train.seed)
     return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
 
@@ -101,7 +160,6 @@ def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> Ru
     """Rebuild a finished run's method and model from its ``config.yaml`` and ``data_state.json``
     alone (no data is read), for ``predict`` and the Python API."""
     from ..config import load_config
-    from ..data.base import InputSpec
 
     run_dir = Path(run_dir)
     for name in ("config.yaml", "data_state.json"):
@@ -110,13 +168,13 @@ def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> Ru
     cfg = load_config(run_dir / "config.yaml")
     state = json.loads((run_dir / "data_state.json").read_text())
     tasks = [Task.from_dict(t) for t in state["tasks"]]
-    spec = InputSpec(state["input_spec"]["kind"], tuple(state["input_spec"]["shape"]))
+    spec = InputSpec.from_dict(state["input_spec"])
     method_cls = get_method(cfg.method.name)
     method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
-    model = method.build(factory, tasks)
+    model = method.build(BuildContext(spec, tasks, factory, RandomStreams(cfg.train.seed)))
     return RunContext(cfg, run_dir, None, method, model, torch.device(device), backbone_factory=factory,
-                      task_list=tasks)
+                      task_list=tasks, input_spec=spec)
 
 
 def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
@@ -138,7 +196,7 @@ def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume:
 
 
 TRAIN_OUTPUTS = ["checkpoints", "selection.json", "metrics.jsonl", "tensorboard", "split.csv", "data_state.json",
-                 "config.yaml", "policy.json"]
+                 "config.yaml"]  # and the method's own files (``Method.artifacts``)
 TEST_OUTPUTS = ["results.json", "report.md"]
 
 
@@ -178,7 +236,8 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
             raise RunDirError(f"{run_dir}: nothing trained yet; run `sharewise train` first")
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        claim_run_dir(run_dir, TRAIN_OUTPUTS + TEST_OUTPUTS, overwrite=overwrite, resume=resume)
+        claim_run_dir(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS, overwrite=overwrite,
+                      resume=resume)
     if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
     if first and D.is_main():
@@ -186,7 +245,8 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
         write_split_csv(run_dir / "split.csv", ctx.data.split_table())
         atomic_write_json(run_dir / "data_state.json", {
             "source": ctx.data.meta.get("source"), "shape": ctx.data.shape,
-            "input_spec": ctx.data.input_spec.to_dict(), **ctx.loaded.state})
+            "input_spec": ctx.data.input_spec.to_dict(), "tasks": [t.to_dict() for t in ctx.tasks],
+            **ctx.loaded.state})  # the tasks, for every source: the model can be rebuilt from the run alone
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
 
     def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume,

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import RunDirError, TrainingError
 from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
 from ..metrics import delta_mtl, delta_task, higher_is_better
-from ..seeding import global_rng_state, set_global_rng_state
+from ..seeding import global_rng_state, order_key, set_global_rng_state
 from ..tasks import Task, compute_losses, validation_objective
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -142,9 +142,10 @@ class Trainer:
     def run_phase(self, phase: Phase, *, resume: bool = False) -> dict[str, Any]:
         last_path, best_path = self.ckpt_path(phase.name, "last"), self.ckpt_path(phase.name, "best")
         state = PhaseState()
-        # a phase whose steps reach every parameter steps each group as one flat buffer (not under
-        # DDP, whose gradient buckets own the gradients)
-        flat = phase.dense_gradients and phase.loop == "joint" and not D.is_distributed()
+        # each group stepped as one flat buffer (exact for any method: a parameter without a gradient
+        # is not stepped); not under DDP, whose gradient buckets own the gradients, nor in a
+        # round-robin loop, where most steps leave some task's parameters without a gradient
+        flat = phase.loop == "joint" and not D.is_distributed()
         optimizers = {k: build_optimizer(spec, self.model.param_groups(), flat=flat)
                       for k, spec in phase.optimizers.items()}
         self._ownership = {k: self._owned(o) for k, o in optimizers.items()}
@@ -221,7 +222,9 @@ class Trainer:
                 length = self._stretch_len(stretch)
                 while state.stretch_step < length and not self._stopped(phase, state):
                     rep, pos = divmod(state.stretch_step, n_batches)
-                    epoch_key = (state.cycle * 64 + state.stretch) * 4096 + rep
+                    # distinct for every (cycle, stretch, repetition); the historical number below 64
+                    # stretches and 4,096 repetitions
+                    epoch_key = order_key((state.cycle, state.stretch, rep), (64, 4096))
                     batches = self.data.batches(stretch.split, self.batch_size, shuffle=True, seed=self.seed,
                                                 epoch=epoch_key, start=pos, rank=D.rank(),
                                                 world_size=D.world_size(), augment=True, workers=self.workers)

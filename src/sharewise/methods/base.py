@@ -1,19 +1,25 @@
 """The method and phase contract.
 
-A :class:`Method` builds a :class:`MultiTaskModel` from a backbone factory and the tasks, names
+A :class:`Method` builds a :class:`MultiTaskModel` from a :class:`BuildContext` (input spec,
+tasks, backbone factory, the run's seeded random streams), names
 its parameter groups, returns its auxiliary losses explicitly, and lists its :class:`Phase` s.
 A phase is data: the splits it reads, its stretches (a plain loop is one stretch; AdaShare's
 search alternates a weight stretch on ``train1`` and a policy stretch on ``train2``), the
 optimisers keyed by parameter group, its length, stopping and selection rule, and hooks. The
-engine runs phases and never needs a method's internals; no method edits the engine.
+engine runs phases and never needs a method's internals; no method edits the engine, and no
+method imports it: what a method needs of a run (its data, directory, earlier checkpoints, its
+own files) comes through the :class:`MethodContext` the engine passes in.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +27,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..config import Config
+from ..data.base import InputSpec
 from ..errors import ConfigError, close_matches
+from ..seeding import RandomStreams
 from ..tasks import Task
 
 
@@ -135,12 +143,6 @@ class Phase:
     loop: Literal["joint", "round_robin"] = "joint"
     init_from: str | None = None  # checkpoint name restored before the phase ("init", "warmup/best", ...)
     save_init: bool = False  # save the model as checkpoint ``init`` before any update
-    # every parameter an optimiser of the phase owns gets a gradient at every step of that
-    # optimiser's stretches (a masked task still gives a zero one): the engine may then step each
-    # parameter group as one flat buffer (``engine.optim.FlatOptimizer``). Leave False where a
-    # step can leave a parameter without a gradient (one task per step, routing that skips
-    # components): torch's optimisers do not step such a parameter, a flat buffer would
-    dense_gradients: bool = False
 
 
 class NoOptions(BaseModel):
@@ -163,6 +165,71 @@ class Candidate:
     exp_id: int | str | None = None  # the id ``--exp-ids`` selects it by (AdaShare: architecture id)
 
 
+@dataclass
+class BuildContext:
+    """What :meth:`Method.build` gets: everything a method may need to build its network.
+
+    ``input_spec``: the per-example input (``kind``, ``shape``, ``dtype``, ``in_features``), for a
+    method that gates on the raw input (MMoE) or builds its own network; ``tasks``: in the model's
+    order; ``backbone_factory()``: a fresh backbone of the configured family (the block
+    interface) on every call, already converted for ``train.sync_bn`` where that applies;
+    ``streams``: the run's seeded random streams (``streams.generator("init", k)``). The engine
+    seeds torch's global generator with the ``init`` stream before ``build``, so modules built
+    with their default initialisation are reproducible without a generator.
+    """
+
+    input_spec: InputSpec
+    tasks: list[Task]
+    backbone_factory: Callable[[], nn.Module]
+    streams: RandomStreams
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+class MethodContext(Protocol):
+    """What the engine gives a method's :meth:`Method.train_candidates`, :meth:`Method.candidate_model`
+    and :meth:`Method.on_selection` (implemented by ``engine.runner.RunContext``).
+
+    Paths are relative to the run directory. Only the main process writes; ``write_artifact``
+    is a no-op elsewhere, so a method never checks ranks itself.
+    """
+
+    cfg: Config
+    run_dir: Path
+    model: MultiTaskModel
+    device: torch.device
+    backbone_factory: Callable[[], nn.Module]
+
+    @property
+    def data(self) -> Any:
+        """The dataset (``SharedInputData`` or ``PerTaskData``)."""
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The tasks, in the model's order."""
+
+    def build_context(self) -> BuildContext:
+        """The :class:`BuildContext` of this run (to build a second model, e.g. a fixed architecture)."""
+
+    def write_artifact(self, name: str, content: dict[str, Any] | list[Any] | str) -> None:
+        """Write the method's file ``name`` in the run directory atomically (JSON for a dict or
+        list), on the main process only. ``name`` must be listed in :attr:`Method.artifacts`."""
+
+    def read_artifact(self, name: str) -> dict[str, Any] | list[Any] | str | None:
+        """The method's file ``name`` as written by :meth:`write_artifact`, or None when missing."""
+
+    def load_checkpoint(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        """A checkpoint written by the engine (``checkpoints/init.pt``, ``checkpoints/search/best.pt``),
+        loaded without executing code; None for a missing file with ``missing_ok``."""
+
+    def load_phase_checkpoint(self, phase: str, which: Literal["last", "best"] = "last", *,
+                              directory: str = ".", missing_ok: bool = False) -> dict[str, Any] | None:
+        """``<directory>/checkpoints/<phase>/<which>.pt``: ``model`` (state dict), ``state`` (the
+        :class:`PhaseState` as a dict: ``cycle``, ``step``, ``done``, ``extra``...)."""
+
+
 class Method(abc.ABC):
     """A sharing strategy. Subclasses set ``name``, ``description``, ``Options`` and implement
     :meth:`build` and :meth:`phases`.
@@ -179,28 +246,33 @@ class Method(abc.ABC):
     # Stages run by separate commands: ``sharewise train`` runs the first, ``sharewise retrain`` a
     # ``retrain`` stage (AdaShare: search, then re-training); ``sharewise run`` runs them all.
     stages: ClassVar[tuple[str, ...]] = ("train",)
+    # files the method writes in the run directory (``MethodContext.write_artifact``): the engine
+    # refuses to train over them without --overwrite/--resume and removes them with --overwrite
+    artifacts: ClassVar[tuple[str, ...]] = ()
+    # ``method.*`` options of the smallest run that still passes through every phase and stage:
+    # the conformance suite (tests/test_conformance.py) trains every registered method with them
+    conformance_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: BaseModel, cfg: Config) -> None:
         self.options = options
         self.cfg = cfg
 
     @abc.abstractmethod
-    def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> MultiTaskModel:
+    def build(self, ctx: BuildContext) -> MultiTaskModel:
         """The multi-task model, with freshly initialised weights."""
 
     @abc.abstractmethod
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
         """The phases that train ``model`` (run in order by the engine)."""
 
-    def train_candidates(self, ctx: Any, run_phases: Callable[..., list[dict[str, Any]]], *,
+    def train_candidates(self, ctx: MethodContext, run_phases: Callable[..., list[dict[str, Any]]], *,
                          resume: bool = False, stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         """Train and return the candidates and the phase summaries.
 
         ``run_phases(model, phases, directory=".", resume=False, seed=None)`` runs phases on a
         model with checkpoints (and, in a sub-directory, ``metrics.jsonl``) under
         ``<run>/<directory>/`` and leaves the selected state in ``model``; ``seed`` replaces the
-        run seed for the phases' data order. ``ctx`` is the engine's run context (``cfg``,
-        ``data``, ``tasks``, ``model``, ``backbone_factory``, ``run_dir``). ``stage`` is one of
+        run seed for the phases' data order. ``ctx``: the run (:class:`MethodContext`). ``stage`` is one of
         :attr:`stages` (None: all); a stage that ends before any candidate returns none.
         """
         steps = ctx.data.num_batches("train", ctx.cfg.train.batch_size)
@@ -208,7 +280,7 @@ class Method(abc.ABC):
         summaries = run_phases(ctx.model, phases, resume=resume)
         return [Candidate("main", f"checkpoints/{phases[-1].name}/best.pt")], summaries
 
-    def candidate_model(self, ctx: Any, candidate: Candidate) -> MultiTaskModel:
+    def candidate_model(self, ctx: MethodContext, candidate: Candidate) -> MultiTaskModel:
         """The module a candidate's checkpoint loads into (default: the context's model)."""
         return ctx.model
 
@@ -216,14 +288,16 @@ class Method(abc.ABC):
         """Extra ``forward`` arguments for evaluating a candidate (none by default)."""
         return {}
 
-    def on_selection(self, ctx: Any, selection: dict[str, Any]) -> None:
+    def on_selection(self, ctx: MethodContext, selection: dict[str, Any]) -> None:
         """Called once the engine has chosen among the candidates (``selection.json``'s content),
         e.g. to record the choice in the method's own artefacts. Nothing by default."""
 
     @classmethod
-    def report_sections(cls, run_dir: Any, plots_dir: Any) -> list[str]:
-        """Markdown lines for the method's own part of ``report.md``; may write PNGs into
-        ``plots_dir`` and link them as ``plots/<name>.png``. None by default."""
+    def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:
+        """Markdown lines for the method's own part of ``report.md``, from the run directory's
+        files (its artefacts, ``metrics.jsonl``, ``results.json``); may write PNGs into
+        ``plots_dir`` and link them as ``plots/<name>.png``. None by default. Lives next to the
+        method (AdaShare: ``methods/adashare/report.py``)."""
         return []
 
     # Helpers every method may use -----------------------------------------------------------
@@ -237,6 +311,7 @@ class Method(abc.ABC):
 
 
 _METHODS: dict[str, type[Method]] = {}
+_DISCOVERED = False
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -245,8 +320,15 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def methods() -> dict[str, type[Method]]:
-    from . import adashare, hard, independent  # noqa: F401  (registration)
-
+    """Every registered method by name: each public module (or package) of ``sharewise.methods``
+    is imported once, and its ``@register_method`` classes register themselves."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        package = importlib.import_module(__name__.rsplit(".", 1)[0])
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_") and info.name != "base":
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        _DISCOVERED = True
     return dict(sorted(_METHODS.items()))
 
 

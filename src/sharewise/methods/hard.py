@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..tasks import Task
-from .base import Method, MultiTaskModel, Phase, Stretch, TaskHeads, register_method
+from .base import BuildContext, Method, MultiTaskModel, Phase, Stretch, TaskHeads, register_method
 
 
 class SharedBottom(MultiTaskModel):
@@ -35,11 +35,10 @@ class Hard(Method):
     name = "hard"
     description = "hard parameter sharing: one shared backbone, one head per task (summed task losses)"
 
-    def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> SharedBottom:
-        return SharedBottom(backbone_factory(), tasks)
+    def build(self, ctx: BuildContext) -> SharedBottom:
+        return SharedBottom(ctx.backbone_factory(), ctx.tasks)
 
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
         t = self.cfg.train
         return [Phase("train", [Stretch("train", "main")], {"main": self.default_optim(["backbone", "heads"])},
-                      cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience,
-                      dense_gradients=True)]
+                      cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience)]

@@ -6,14 +6,14 @@ Each task's network is selected on that task's own validation primary metric, so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..tasks import Task
-from .base import Method, MultiTaskModel, Phase, Stretch, TaskDict, register_method, task_key
+from .base import BuildContext, Method, MultiTaskModel, Phase, Stretch, TaskDict, register_method, task_key
 
 
 class SeparateNetworks(MultiTaskModel):
@@ -41,11 +41,11 @@ class Independent(Method):
     name = "independent"
     description = "no sharing: one backbone and head per task, each selected on its own validation metric"
 
-    def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> SeparateNetworks:
-        return SeparateNetworks({t.name: backbone_factory() for t in tasks}, tasks)
+    def build(self, ctx: BuildContext) -> SeparateNetworks:
+        return SeparateNetworks({t.name: ctx.backbone_factory() for t in ctx.tasks}, ctx.tasks)
 
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
         t = self.cfg.train
         return [Phase("train", [Stretch("train", "main")], {"main": self.default_optim(["backbone", "heads"])},
                       cycles=t.epochs, max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience,
-                      selection="per_task", dense_gradients=True)]
+                      selection="per_task")]

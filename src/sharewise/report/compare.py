@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from ..errors import RunDirError
 from .markdown import _fmt
 from .plots import accuracy_vs_cost

@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..files import read_jsonl
+
 
 def _plt():
     import matplotlib
@@ -18,16 +20,8 @@ def _plt():
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return records
+    """Every record of a run's ``metrics.jsonl`` (none when it is missing)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def training_curves(run_dir: Path, tasks: dict[str, dict[str, Any]], out: Path) -> list[Path]:

@@ -1,41 +1,29 @@
-"""BatchNorm that can normalise a task-stacked batch group by group.
+"""Task-aware BatchNorm: a task-stacked batch normalised as T separate passes would be.
 
 Batched execution (AdaShare's search with the task dimension folded into the batch) runs a
 block once on ``(B·T, ...)`` activations; normalisation must still behave as T separate passes.
-Inside :func:`task_groups` the batch is task-interleaved (row ``b·T + t`` is example b of task
-t) and every :class:`TaskBatchNorm` in training mode normalises each task's rows with their own
-batch statistics; the running statistics end as T calls in task order would leave them (§10.1).
-Inside :func:`repeated_passes` a layer computed once for T identical inputs (a prefix that every
-task executes) updates its running statistics T times, as T separate passes would. The mode
-lives in a context variable, so no module is mutated during ``forward`` apart from its running
-statistics. Layers announced to :func:`task_groups` get their γ, β repeated for the tasks and
-their batch statistics gathered shape by shape, a few operations for all of them together.
+Inside :func:`~sharewise.layers.context.task_groups` the batch is task-interleaved (row
+``b·T + t`` is example b of task t) and every :class:`TaskBatchNorm2d` (1d, 3d) in training mode
+normalises each task's rows with their own batch statistics; the running statistics end as T
+calls in task order would leave them (AdaShare §10.1). Inside
+:func:`~sharewise.layers.context.repeated_passes` a layer computed once for T identical inputs
+updates its running statistics T times. Layers announced to ``task_groups`` get their γ, β
+repeated for the tasks and their batch statistics gathered shape by shape, a few operations for
+all of them together. :class:`PerTaskBatchNorm` keeps γ, β and statistics per task (AdaShare's
+``task_bn``); :func:`per_task_norms` swaps them in.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class _Mode:
-    kind: str  # "groups", "repeat" or "task"
-    tasks: int
-    # which tasks (indices into the model's task list) the rows belong to, in row order, for
-    # per-task normalisation (``task_bn``); None: 0..tasks−1
-    ids: tuple[int, ...] | None = None
-    # (layer, (2, T, C) batch means and unbiased variances) for the running statistics, applied
-    # together when the task_groups context ends
-    pending: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
-    # layers announced to task_groups: layer -> (its group, its index in the group)
-    prepared: dict[nn.Module, tuple[_Group, int]] = field(default_factory=dict)
+from .context import TaskContext, current, register_group_hooks
+from .per_task import replace_modules
 
 
 @dataclass
@@ -51,53 +39,6 @@ class _Group:
     called: list[bool]
 
 
-_MODE: ContextVar[_Mode | None] = ContextVar("sharewise_task_norm_mode", default=None)
-
-
-@contextlib.contextmanager
-def task_groups(num_tasks: int, ids: Sequence[int] | None = None,
-                layers: Sequence[nn.Module] = ()) -> Iterator[None]:
-    """Batches are task-interleaved, row ``b · num_tasks + t`` for example b of task t: per-task
-    batch statistics. The running statistics of every layer called inside are updated when the
-    context ends (they are not read in training mode), a few operations for all layers together.
-    ``ids``: the tasks' indices, for :class:`PerTaskBatchNorm` (default 0..num_tasks−1).
-    ``layers``: the task-aware BatchNorms the context will call (optional; in training mode):
-    their γ, β are repeated for the tasks, and their statistics buffers made, once per width
-    rather than once per layer (per layer: two copies forward and two sums backward, about 25 µs
-    on a 128-wide layer; see docs/benchmarks.md)."""
-    mode = _Mode("groups", num_tasks, None if ids is None else tuple(ids))
-    if num_tasks > 1:
-        _prepare(mode, layers)
-    token = _MODE.set(mode)
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-    _update_groups(mode)  # an announced layer's first call: before any later call of the same layer
-    _update_running(mode.pending, num_tasks)
-
-
-@contextlib.contextmanager
-def repeated_passes(num_tasks: int) -> Iterator[None]:
-    """One batch standing for ``num_tasks`` identical passes: running statistics updated that often."""
-    token = _MODE.set(_Mode("repeat", num_tasks))
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-
-
-@contextlib.contextmanager
-def single_task(index: int) -> Iterator[None]:
-    """A pass for one task (its index in the model's task list): :class:`PerTaskBatchNorm` uses
-    that task's parameters and statistics; shared BatchNorm behaves as usual."""
-    token = _MODE.set(_Mode("task", 1, (index,)))
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-
-
 class _TaskAware:
     """Task groups: the interleaved ``(B·T, C, ...)`` batch is viewed, without a copy, as
     ``(B, T·C, ...)``, so one native call normalises every (task, channel) pair with its own batch
@@ -108,7 +49,7 @@ class _TaskAware:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         plain = super().forward
-        mode = _MODE.get()
+        mode = current()
         if mode is None or not self.training or mode.tasks <= 1:
             return plain(x)
         self._check_input_dim(x)
@@ -124,7 +65,7 @@ class _TaskAware:
         self.num_batches_tracked.add_(n)
         return out
 
-    def _grouped(self, x: torch.Tensor, mode: _Mode) -> torch.Tensor:
+    def _grouped(self, x: torch.Tensor, mode: TaskContext) -> torch.Tensor:
         n = mode.tasks
         if x.shape[0] % n:
             raise ValueError(f"task-grouped batch of {x.shape[0]} rows does not split into {n} tasks")
@@ -150,7 +91,8 @@ class _TaskAware:
         return out.view_as(x)
 
 
-def _prepare(mode: _Mode, layers: Sequence[nn.Module]) -> None:
+def _prepare(mode: TaskContext, layers: Sequence[nn.Module]) -> None:
+    """Group the announced layers by width: γ, β repeated for the tasks and one statistics buffer each."""
     n = mode.tasks
     by_key: dict[tuple, list[nn.Module]] = {}
     for layer in layers:  # cumulative averages, no γ/β or no running statistics: the per-layer path
@@ -173,7 +115,13 @@ def _prepare(mode: _Mode, layers: Sequence[nn.Module]) -> None:
             mode.prepared[layer] = (entry, i)
 
 
-def _update_groups(mode: _Mode) -> None:
+def _finish(mode: TaskContext) -> None:
+    """The end of a ``task_groups`` context: running statistics of every layer that ran."""
+    _update_groups(mode)  # an announced layer's first call: before any later call of the same layer
+    _update_running(mode.pending, mode.tasks)
+
+
+def _update_groups(mode: TaskContext) -> None:
     """The announced layers that ran: T updates in task order, from their group's statistics."""
     n = mode.tasks
     groups = {id(group): group for group, _ in mode.prepared.values()}.values()  # in announcement order
@@ -229,6 +177,9 @@ def _decay_weights(m: float, n: int, dtype: torch.dtype, device: torch.device) -
     return _DECAY[key]
 
 
+register_group_hooks(_prepare, _finish)
+
+
 class TaskBatchNorm1d(_TaskAware, nn.BatchNorm1d):
     pass
 
@@ -282,10 +233,10 @@ class PerTaskBatchNorm(nn.Module):
         return f"tasks={self.num_tasks}, features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = _MODE.get()
+        mode = current()
         if mode is None or mode.kind == "repeat":
             raise RuntimeError("PerTaskBatchNorm (task_bn) is called outside a task context: run it through "
-                               "sharewise.execution (single_task / task_groups)")
+                               "sharewise.layers.context (single_task / task_groups)")
         ids = mode.ids if mode.ids is not None else tuple(range(mode.tasks))
         n = len(ids)
         if x.shape[0] % n:
@@ -312,14 +263,8 @@ def per_task_norms(module: nn.Module, num_tasks: int) -> int:
     """Replace every task-aware BatchNorm inside ``module`` by a :class:`PerTaskBatchNorm`
     (copies of its parameters for each task); returns how many were replaced."""
     dims = {TaskBatchNorm1d: 0, TaskBatchNorm2d: 2, TaskBatchNorm3d: 3}
-    count = 0
-    for name, child in list(module.named_children()):
-        if type(child) in dims:
-            setattr(module, name, PerTaskBatchNorm.from_shared(child, num_tasks, dims[type(child)]))
-            count += 1
-        else:
-            count += per_task_norms(child, num_tasks)
-    return count
+    return replace_modules(module, lambda child: PerTaskBatchNorm.from_shared(child, num_tasks, dims[type(child)])
+                           if type(child) in dims else None)
 
 
 def has_per_task_norms(module: nn.Module) -> bool:
@@ -334,3 +279,7 @@ def supports_task_groups(module: nn.Module) -> bool:
 def task_aware_norms(module: nn.Module) -> tuple[nn.Module, ...]:
     """The task-aware BatchNorms inside ``module``, in module order (for :func:`task_groups`)."""
     return tuple(m for m in module.modules() if isinstance(m, _TaskAware))
+
+
+__all__ = ["PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "has_per_task_norms",
+           "per_task_norms", "supports_task_groups", "task_aware_norms"]

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .plots import read_metrics
+from ...files import read_jsonl
+from .policy import sharing_similarity
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -164,7 +165,6 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
     _grid_plot(plt, probs, tasks, blocks, "p_exec (execute probability)", plots_dir / "adashare_exec_prob.png")
     lines += ["![execute probabilities](plots/adashare_exec_prob.png)", ""]
     if len(tasks) > 1:
-        from ..methods._adashare_policy import sharing_similarity
         import torch
 
         sim = sharing_similarity(torch.tensor(probs)).numpy()
@@ -172,7 +172,7 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
         lines += ["![task sharing similarity](plots/adashare_sharing.png)", ""]
     if _history_plot(plt, policy, plots_dir / "adashare_exec_prob_history.png"):
         lines += ["![p_exec over the search](plots/adashare_exec_prob_history.png)", ""]
-    if _curves_plot(plt, read_metrics(run_dir), tasks, plots_dir / "adashare_curves.png"):
+    if _curves_plot(plt, read_jsonl(Path(run_dir) / "metrics.jsonl"), tasks, plots_dir / "adashare_curves.png"):
         lines += ["![training curves](plots/adashare_curves.png)", ""]
 
     if archs:

@@ -1,4 +1,4 @@
-"""Fast execution of gated backbones: batched search steps and tree execution of fixed policies.
+"""AdaShare's execution of gated backbones: batched search steps and tree execution of fixed policies.
 
 Both replace *how* a gated backbone is computed, never *what* it computes (AdaShare §10):
 
@@ -7,7 +7,7 @@ Both replace *how* a gated backbone is computed, never *what* it computes (AdaSh
   computed once on the shared input; from there the activations of all tasks are one
   task-interleaved ``(B·T, ...)`` tensor and each block runs once on it, with per-task gate
   weights (or, for large activations on a CPU, one pass per task). Task-aware BatchNorm
-  (``backbones.norm``) keeps batch and running statistics per task exactly as T separate passes
+  (``sharewise.layers.norm``) keeps batch and running statistics per task exactly as T separate passes
   would. :func:`loop_gated_features` is the reference (one full pass per task).
 - :func:`tree_features`: binary decisions per task. Two tasks have identical activations after
   block l iff their decisions agree on blocks 0..l, so the computation is a prefix tree: every
@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .backbones.base import apply_block, block_branches
-from .backbones.norm import (has_per_task_norms, repeated_passes, single_task, supports_task_groups, task_aware_norms,
-                             task_groups)
+from ...backbones.base import apply_block, block_branches
+from ...layers import (has_per_task_norms, repeated_passes, single_task, supports_task_groups, task_aware_norms,
+                      task_groups)
 
 PADDING_ROW = (1.0, 0.0)
 

@@ -9,11 +9,11 @@ padding row ``(1, 0)`` exactly.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from ...layers.gumbel import exponential_temperature, gumbel_noise, gumbel_softmax, steps_to_temperature
 
 InitMethod = Literal["equal", "random", "all_chosen"]
 SparsityForm = Literal["ce_skip", "log_exec"]
@@ -43,8 +43,7 @@ def exec_prob(logits: torch.Tensor) -> torch.Tensor:
 
 def temperature(cycle: int, init_temp: float = 5.0, decay: float = 0.965, min_temp: float | None = None) -> float:
     """``τ_e = τ_0 · γ^e`` after ``e`` completed policy stretches (§5), floored at ``min_temp``."""
-    tau = init_temp * decay ** cycle
-    return max(tau, min_temp) if min_temp is not None else tau
+    return exponential_temperature(cycle, init_temp, decay, min_temp)
 
 
 def window_size(cycle: int, num_blocks: int, speed: int = 3, curriculum: bool = True) -> int:
@@ -78,24 +77,6 @@ def pad_below_window(policy: torch.Tensor, window: int) -> torch.Tensor:
     return torch.where(inside, policy, pad)
 
 
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-    """``g = −log(−log U)``, ``U ~ Uniform(0, 1)`` clamped to ``[1e-20, 1)`` (§4)."""
-    u = torch.rand(shape, generator=generator).clamp_min(1e-20)
-    return -torch.log(-torch.log(u))
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the exact one-hot of ``argmax y``; backward: the gradient of ``y`` unchanged."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return grad
-
-
 def sample_policy(logits: torch.Tensor, tau: float, window: int, generator: torch.Generator | None = None,
                   hard: bool = False) -> torch.Tensor:
     """One Gumbel-softmax sample per task and block, shared by the whole batch (§4).
@@ -105,10 +86,7 @@ def sample_policy(logits: torch.Tensor, tau: float, window: int, generator: torc
     every row (so a row's noise does not depend on the window); rows below the window are then
     replaced by the padding row ``(1, 0)``.
     """
-    noise = gumbel_noise(tuple(logits.shape), generator).to(device=logits.device, dtype=logits.dtype)
-    y = torch.softmax((logits + noise) / tau, dim=-1)
-    if hard:
-        y = _StraightThrough.apply(y)
+    y = gumbel_softmax(logits, tau, generator, hard=hard)
     return pad_below_window(y, window)
 
 
@@ -195,8 +173,4 @@ def search_cycles_needed(num_blocks: int, speed: int, curriculum: bool = True) -
 
 def cycles_to_temperature(target: float, init_temp: float = 5.0, decay: float = 0.965) -> int:
     """Completed cycles after which ``τ_0 · γ^e ≤ target``."""
-    if init_temp <= target:
-        return 0
-    if decay >= 1.0:
-        return math.inf  # type: ignore[return-value]
-    return math.ceil(math.log(target / init_temp) / math.log(decay) - 1e-12)
+    return steps_to_temperature(target, init_temp, decay)

@@ -25,7 +25,6 @@ every re-trained architecture.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,13 +35,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from ..backbones.norm import per_task_norms
-from ..errors import ConfigError, RunDirError
-from ..execution import PADDING_ROW, batched_gated_features, can_batch, loop_gated_features, tree_features
-from ..seeding import seed_global, stream_seed
-from ..tasks import Task
-from . import _adashare_policy as P
-from .base import Candidate, Method, MultiTaskModel, OptimSpec, Phase, PhaseState, Stretch, TaskHeads, register_method
+from ...errors import ConfigError, RunDirError
+from ...layers import per_task_norms
+from ...seeding import seed_global, stream_seed
+from ...tasks import Task
+from ..base import (BuildContext, Candidate, Method, MethodContext, MultiTaskModel, OptimSpec, Phase, PhaseState,
+                    Stretch, TaskHeads, register_method)
+from . import policy as P
+from .execution import PADDING_ROW, batched_gated_features, can_batch, loop_gated_features, tree_features
 
 
 class AdaShareOptions(BaseModel):
@@ -141,6 +141,9 @@ def _task_norms(backbone: nn.Module, skip_layer: int, num_tasks: int, task_bn: b
     """``task_bn``: per-task BatchNorm in the gated blocks (the stem and ungated blocks stay shared)."""
     if not task_bn:
         return False
+    if any(isinstance(m, nn.SyncBatchNorm) for m in backbone.modules()):
+        raise ConfigError("method.task_bn: per-task BatchNorm cannot be synchronised across processes; "
+                          "set train.sync_bn=false (or method.task_bn=false)")
     if not per_task_norms(nn.ModuleList(backbone.blocks[skip_layer:]), num_tasks):
         raise ConfigError("method.task_bn: the backbone's gated blocks have no BatchNorm (backbone.norm: batch)")
     return True
@@ -337,6 +340,9 @@ class AdaShare(Method):
                    "curriculum), then re-training of sampled architectures")
     Options = AdaShareOptions
     stages = ("train", "retrain")
+    artifacts = ("policy.json",)
+    conformance_options = {"warm_up_iters": 3, "cycle_iters": [1, 1], "search_cycles": 2, "curriculum_speed": 1,
+                           "num_archs": 2, "retrain_total_iters": 3}
     options: AdaShareOptions
 
     def __init__(self, options: BaseModel, cfg: Any) -> None:
@@ -344,9 +350,9 @@ class AdaShare(Method):
         self._plan: _Plan | None = None
         self._frozen_rows: tuple[int, torch.Tensor] | None = None
 
-    def build(self, backbone_factory: Callable[[], nn.Module], tasks: list[Task]) -> AdaShareNet:
+    def build(self, ctx: BuildContext) -> AdaShareNet:
         o = self.options
-        return AdaShareNet(backbone_factory(), tasks, skip_layer=o.skip_layer, init_method=o.init_method,
+        return AdaShareNet(ctx.backbone_factory(), ctx.tasks, skip_layer=o.skip_layer, init_method=o.init_method,
                            init_neg_logits=o.init_neg_logits, execution=o.execution, task_bn=o.task_bn)
 
     # ------------------------------------------------------------------ sizing
@@ -366,7 +372,7 @@ class AdaShare(Method):
         return _Plan(spe, total, warm, cycle, cycles, o.retrain_total_iters or total,
                      o.decay_lr_freq or max(1, int(round(0.2 * total))), t.eval_every or spe)
 
-    def _plan_for(self, ctx: Any) -> _Plan:
+    def _plan_for(self, ctx: MethodContext) -> _Plan:
         bs = ctx.cfg.train.batch_size
         return self.plan(ctx.data.num_batches("train", bs), ctx.data.num_batches("train1", bs),
                          ctx.data.num_batches("train2", bs))
@@ -487,25 +493,23 @@ class AdaShare(Method):
                      aux_kwargs=aux_kwargs)],
             search_opts, cycles=plan.search_cycles, eval_split="val", selection="score",
             select_from_cycle=complete + 1, eval_kwargs=val_kwargs, on_cycle_end=cycle_end,
-            after_step=after_step if o.curriculum_freeze_logits else None, save_init=plan.warm_up_iters == 0,
-            dense_gradients=True)  # every block is computed for every task (gates weigh, never skip)
+            after_step=after_step if o.curriculum_freeze_logits else None, save_init=plan.warm_up_iters == 0)
         if plan.warm_up_iters == 0:
             return [search]
         warmup = Phase("warmup", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                        cycles=-(-plan.warm_up_iters // plan.steps_per_epoch), max_steps=plan.warm_up_iters,
-                       eval_every=plan.eval_every, selection="last", save_init=True, dense_gradients=True)
+                       eval_every=plan.eval_every, selection="last", save_init=True)
         return [warmup, search]
 
     def retrain_phases(self, plan: _Plan) -> list[Phase]:
         """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3)."""
         return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                       cycles=-(-plan.retrain_iters // plan.steps_per_epoch), max_steps=plan.retrain_iters,
-                      eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score",
-                      dense_gradients=True)]  # blocks no task executes are removed from the architecture
+                      eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score")]
 
     # ------------------------------------------------------------------ stages
 
-    def train_candidates(self, ctx: Any, run_phases: Callable[..., list[dict[str, Any]]], *, resume: bool = False,
+    def train_candidates(self, ctx: MethodContext, run_phases: Callable[..., list[dict[str, Any]]], *, resume: bool = False,
                          stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         self._plan = self._plan_for(ctx)
         summaries: list[dict[str, Any]] = []
@@ -514,7 +518,7 @@ class AdaShare(Method):
             phases = self.phases(ctx.model, self._plan.steps_per_epoch)
             summaries += run_phases(ctx.model, phases, resume=resume)
             search = self.search_result(ctx)
-            self._write_policy(ctx.run_dir, search, None)
+            self._write_policy(ctx, search, None)
             if stage == "train":
                 return [], summaries
         search = search or self.search_result(ctx)
@@ -527,7 +531,7 @@ class AdaShare(Method):
                                     seed=arch["seed"])
             candidates.append(Candidate(arch["name"], f"{arch['name']}/checkpoints/retrain/best.pt", arch["name"],
                                         exp_id=exp_id, info=arch))
-        self._write_policy(ctx.run_dir, search, [c.info for c in candidates])
+        self._write_policy(ctx, search, [c.info for c in candidates])
         return candidates, summaries
 
     def exp_ids(self) -> list[int | str]:
@@ -571,37 +575,35 @@ class AdaShare(Method):
         return {"exp_id": exp_id, "name": f"arch_{exp_id}", "kind": kind, "seed": seed, "policy": policy,
                 "removed_blocks": removed, "num_removed": len(removed), "retrain_from": self.options.retrain_from}
 
-    def _architecture_model(self, ctx: Any, arch: dict[str, Any], search: dict[str, Any]) -> AdaShareArchitecture:
+    def _architecture_model(self, ctx: MethodContext, arch: dict[str, Any], search: dict[str, Any]) -> AdaShareArchitecture:
         source = self.options.retrain_from
         if source == "scratch":
             torch.manual_seed(stream_seed(arch["seed"], "init"))
         model = AdaShareArchitecture(ctx.backbone_factory(), ctx.tasks, arch["policy"], skip_layer=self.options.skip_layer,
                                      task_bn=self.options.task_bn)
         if source == "init":
-            path = ctx.run_dir / "checkpoints" / "init.pt"
-            load_matching(model, _load(path)["model"], str(path))
+            load_matching(model, ctx.load_checkpoint("checkpoints/init.pt")["model"], "checkpoints/init.pt")
         elif source == "search":
-            load_matching(model, _load(ctx.run_dir / search["checkpoint"])["model"], search["checkpoint"])
+            load_matching(model, ctx.load_checkpoint(search["checkpoint"])["model"], search["checkpoint"])
         return model.to(ctx.device)
 
-    def candidate_model(self, ctx: Any, candidate: Candidate) -> MultiTaskModel:
+    def candidate_model(self, ctx: MethodContext, candidate: Candidate) -> MultiTaskModel:
         model = AdaShareArchitecture(ctx.backbone_factory(), ctx.tasks, candidate.info["policy"],
                                      skip_layer=self.options.skip_layer, task_bn=self.options.task_bn)
         return model.to(ctx.device)
 
-    def search_result(self, ctx: Any) -> dict[str, Any]:
+    def search_result(self, ctx: MethodContext) -> dict[str, Any]:
         """The selected search checkpoint's policy: ``best`` (complete curriculum) or ``last``."""
-        root = ctx.run_dir / "checkpoints" / "search"
-        last_path, best_path = root / "last.pt", root / "best.pt"
-        if not last_path.exists():
-            raise RunDirError(f"{ctx.run_dir}: no policy search found ({last_path}); run `sharewise train` first")
-        last = _load(last_path)
+        last = ctx.load_phase_checkpoint("search", "last", missing_ok=True)
+        if last is None:
+            raise RunDirError(f"{ctx.run_dir}: no policy search found ({ctx.run_dir / 'checkpoints/search/last.pt'}); "
+                              "run `sharewise train` first")
         if not last["state"].get("done"):
             raise RunDirError(f"{ctx.run_dir}: the policy search did not finish; continue it with "
                               "`sharewise train --resume`")
         chosen, which = last, "last"
         if self.options.policy_checkpoint == "best":
-            best = _load(best_path) if best_path.exists() else None
+            best = ctx.load_phase_checkpoint("search", "best", missing_ok=True)
             if best is not None and "state" in best:
                 chosen, which = best, "best"
             else:
@@ -623,7 +625,7 @@ class AdaShare(Method):
                           "the lower blocks are untrained (p_exec stays at its initial value)")
         return {
             "tasks": tasks, "blocks": blocks, "skip_layer": skip,
-            "checkpoint": str((root / f"{which}.pt").relative_to(ctx.run_dir)), "policy_checkpoint": which,
+            "checkpoint": f"checkpoints/search/{which}.pt", "policy_checkpoint": which,
             "cycle": cycle, "temperature": P.temperature(cycle, o.init_temp, o.decay_temp, o.min_temp),
             "window": win, "curriculum_complete": cycle - 1 >= complete_at, "curriculum_complete_cycle": complete_at,
             "search_cycles": int(last["state"]["cycle"]),
@@ -635,53 +637,34 @@ class AdaShare(Method):
 
     # ------------------------------------------------------------------ artefacts
 
-    def _write_policy(self, run_dir: Path, search: dict[str, Any], archs: list[dict[str, Any]] | None) -> None:
-        from ..engine import distributed as D
-        from ..engine.checkpoint import atomic_write_json
-
-        if not D.is_main():
-            return
-        path = Path(run_dir) / "policy.json"
-        previous = json.loads(path.read_text()) if path.exists() else {}
+    def _write_policy(self, ctx: MethodContext, search: dict[str, Any], archs: list[dict[str, Any]] | None) -> None:
+        previous = ctx.read_artifact("policy.json") or {}
         known = {str(a["exp_id"]): a for a in previous.get("architectures", [])} if archs is not None else {}
         for a in archs or []:
             known[str(a["exp_id"])] = {**known.get(str(a["exp_id"]), {}), **a, "val_score": None, "selected": False}
         search = {k: v for k, v in search.items() if k != "history"}
+        last = ctx.load_phase_checkpoint("search", "last", missing_ok=True)
+        history = last["state"].get("extra", {}).get("history", []) if last is not None else []
         policy = {"method": "adashare", **search, "options": self.options.model_dump(mode="json"),
-                  "history": self._history(run_dir), "architectures": list(known.values())}
-        atomic_write_json(path, policy)
+                  "history": history, "architectures": list(known.values())}
+        ctx.write_artifact("policy.json", policy)
 
-    @staticmethod
-    def _history(run_dir: Path) -> list[dict[str, Any]]:
-        path = Path(run_dir) / "checkpoints" / "search" / "last.pt"
-        return _load(path)["state"].get("extra", {}).get("history", []) if path.exists() else []
-
-    def on_selection(self, ctx: Any, selection: dict[str, Any]) -> None:
+    def on_selection(self, ctx: MethodContext, selection: dict[str, Any]) -> None:
         """Record every architecture's validation score and the selected one in ``policy.json``."""
-        from ..engine import distributed as D
-        from ..engine.checkpoint import atomic_write_json
-
-        path = ctx.run_dir / "policy.json"
-        if not D.is_main() or not path.exists():
+        policy = ctx.read_artifact("policy.json")
+        if policy is None:
             return
-        policy = json.loads(path.read_text())
         scores = {c["name"]: c.get("score") for c in selection.get("candidates", [])}
         for a in policy.get("architectures", []):
             a["val_score"] = scores.get(a["name"])
             a["selected"] = a["name"] == selection.get("selected")
-        atomic_write_json(path, policy)
+        ctx.write_artifact("policy.json", policy)
 
     @classmethod
-    def report_sections(cls, run_dir: Any, plots_dir: Any) -> list[str]:
-        from ..report.adashare_plots import adashare_report
+    def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:
+        from .report import adashare_report
 
         return adashare_report(Path(run_dir), Path(plots_dir))
-
-
-def _load(path: Path) -> dict[str, Any]:
-    from ..engine.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 __all__ = ["AdaShare", "AdaShareArchitecture", "AdaShareNet", "AdaShareOptions", "PolicyLogits", "RemovedBlock",

@@ -1,0 +1,20 @@
+"""Parts several methods share: the task context, task-aware normalisation, Gumbel sampling and
+temperature schedules, and per-task replacement of a network's modules.
+
+Every layer here is a plain ``torch.nn.Module`` usable on its own; which task a call is for comes
+from the task context (:mod:`sharewise.layers.context`), never from state set inside ``forward``.
+This package imports nothing from the rest of sharewise (it sits just above ``errors``/``files``).
+"""
+
+from .context import TaskContext, current, register_group_hooks, repeated_passes, single_task, task_groups
+from .gumbel import (exponential_temperature, gumbel_noise, gumbel_sigmoid, gumbel_softmax, inverse_sqrt_temperature,
+                     steps_to_temperature, straight_through)
+from .norm import (PerTaskBatchNorm, TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, has_per_task_norms,
+                   per_task_norms, supports_task_groups, task_aware_norms)
+from .per_task import replace_modules
+
+__all__ = ["PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "TaskContext", "current",
+           "exponential_temperature", "gumbel_noise", "gumbel_sigmoid", "gumbel_softmax", "has_per_task_norms",
+           "inverse_sqrt_temperature", "per_task_norms", "register_group_hooks", "repeated_passes", "replace_modules",
+           "single_task", "steps_to_temperature", "straight_through", "supports_task_groups", "task_aware_norms",
+           "task_groups"]
