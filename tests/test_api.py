@@ -14,13 +14,42 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python API example runs as written; its fitted run's test metrics are what
+    ``Run.predict`` gives on the test rows, and beat the trivial baselines (the training split's
+    majority class, the training mean) by a clear margin, so a run that learnt nothing fails."""
+    from sklearn.datasets import load_digits
+
     text = README.read_text()
     block = re.search(r"## Python API.*?```python\n(.*?)```", text, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert (tmp_path / "runs/api-example/results.json").exists()
+    run = sharewise.load_run(tmp_path / "runs/api-example")
+    results = json.loads((run.path / "results.json").read_text())
+    assert float(out.splitlines()[0]) == results["tasks"]["digit"]["test"]["accuracy"]
     assert "digit" in out and "parity" in out
+    # the built-in digits set's four tasks, one row per image (its id is the row number)
+    bunch = load_digits()
+    frame = pd.DataFrame(bunch.data, columns=[f"px{i}" for i in range(64)])
+    truth = pd.DataFrame({"digit": bunch.target, "parity": np.where(bunch.target % 2 == 0, "even", "odd"),
+                          "large": np.where(bunch.target >= 5, "yes", "no"), "value": bunch.target.astype(float)})
+    split = pd.read_csv(run.path / "split.csv")
+    test_rows = split.loc[split["split"] == "test", "id"].to_numpy()
+    train_rows = split.loc[split["split"] == "train", "id"].to_numpy()
+    assert len(test_rows) == results["run"]["split_sizes"]["test"] > 0
+    predictions = run.predict(frame.iloc[test_rows])
+    test, train = truth.iloc[test_rows], truth.iloc[train_rows]
+    for task in ("digit", "parity", "large"):
+        accuracy = float(np.mean(predictions[task].to_numpy() == test[task].to_numpy()))
+        reported = results["tasks"][task]["test"]
+        assert reported["n"] == len(test_rows)
+        assert reported["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        majority = float(np.mean(test[task].to_numpy() == train[task].mode()[0]))
+        assert accuracy >= majority + 0.2, (task, accuracy, majority)
+    mae = float(np.mean(np.abs(predictions["value"].to_numpy() - test["value"].to_numpy())))
+    assert results["tasks"]["value"]["test"]["mae"] == pytest.approx(mae, abs=1e-6)
+    mean_baseline = float(np.mean(np.abs(train["value"].mean() - test["value"].to_numpy())))
+    assert mae <= 0.8 * mean_baseline, (mae, mean_baseline)
 
 
 def _run(tmp_path, name, *extra):
