@@ -122,3 +122,39 @@ def test_help_is_unchanged(argv, usage, capsys):
     out = capsys.readouterr().out
     assert out.startswith(usage) and "show this help message and exit" in out
 
+
+class _Stop(Exception):
+    """Raised by the stubbed ``runner.run``: the test only needs what ``prepare`` did."""
+
+
+def _stop(ctx, **kwargs):
+    raise _Stop
+
+
+@pytest.mark.parametrize("entry, keep, applied", [
+    ("api", None, False),
+    ("api", True, True),
+    ("api", False, False),
+    ("cli", None, True),
+    ("cli", False, False),
+    ("demo", None, True),
+])
+def test_only_the_cli_keeps_freed_host_memory_by_default(entry, keep, applied, tmp_path, monkeypatch, capsys):
+    import sharewise
+    from sharewise.engine import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "keep_freed_host_memory", lambda: calls.append("mallopt") or True)
+    monkeypatch.setattr(runner, "run", _stop)
+    out = tmp_path / "r"
+    if entry == "api":
+        train = {"epochs": 1, "progress": False, **({} if keep is None else {"keep_host_memory": keep})}
+        with pytest.raises(_Stop):
+            sharewise.fit({"backbone": {"width": 8, "depth": 1}, "train": train, "output": {"dir": str(out)}})
+    elif entry == "cli":
+        extra = [] if keep is None else ["--set", f"train.keep_host_memory={str(keep).lower()}"]
+        assert main(["run", "--out", str(out), "--no-progress", "--set", "backbone.width=8", *extra]) == 1
+        assert "_Stop" in capsys.readouterr().err  # reached runner.run, after prepare
+    else:
+        assert main(["demo", "--out", str(out), "--no-progress"]) == 1
+    assert calls == (["mallopt"] if applied else [])

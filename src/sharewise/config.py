@@ -150,7 +150,9 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for forward passes (fp16 needs CUDA)
     workers: int = Field(0, ge=0)  # threads building the next training batches ahead (same batches, same order)
     threads: int | None = Field(None, ge=1)
-    keep_host_memory: bool = True  # glibc malloc keeps freed memory for the next step (engine.device)
+    # glibc malloc keeps freed memory for the next step (engine.device; process-wide): true always, false
+    # never, null the entry point's default (the CLI: yes; the Python API leaves its host's allocator alone)
+    keep_host_memory: bool | None = None
     progress: bool = True
     deterministic: bool = True
 
