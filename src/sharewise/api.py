@@ -117,7 +117,8 @@ class Run:
 def fit(config: Config | Mapping[str, Any] | str | Path, *, overwrite: bool = False, resume: bool = False,
         reference: str | Path | Mapping[str, Any] | None = None) -> Run:
     """Train, test and report one run; returns the :class:`Run`. ``config`` is a
-    :class:`Config`, a dict of sections, or a YAML path."""
+    :class:`Config`, a dict of sections, or a YAML path. The calling process's ``malloc`` settings
+    stay as they are unless ``train.keep_host_memory: true``."""
     from .engine.runner import prepare, run
 
     if isinstance(config, Config):

@@ -150,7 +150,9 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for forward passes (fp16 needs CUDA)
     workers: int = Field(0, ge=0)  # threads building the next training batches ahead (same batches, same order)
     threads: int | None = Field(None, ge=1)
-    keep_host_memory: bool = True  # glibc malloc keeps freed memory for the next step (engine.device)
+    # glibc malloc keeps freed memory for the next step (engine.device; process-wide): true always, false
+    # never, null the entry point's default (the CLI: yes; the Python API leaves its host's allocator alone)
+    keep_host_memory: bool | None = None
     progress: bool = True
     deterministic: bool = True
 
@@ -196,15 +198,26 @@ class Config(_Strict):
 
 # ----------------------------------------------------------------- loading and overrides
 
-def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
+           "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
+
+
+def _first_error(err: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """The first error's dotted key and what is wrong with its value (``must be >= 1 (got 0)``)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
-    kind = first["type"]
-    if kind == "extra_forbidden":
+    bound = _BOUNDS.get(first["type"])
+    if bound and bound[0] in first.get("ctx", {}):
+        return key, f"must be {bound[1]} {first['ctx'][bound[0]]} (got {first['input']!r})"
+    return key, first["msg"].removeprefix("Value error, ")
+
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    key, problem = _first_error(err, prefix)
+    if err.errors()[0]["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"config key {key!r}: {msg}"
+    return f"config key {key!r}: {problem}"
 
 
 def _suggest_key(err: ValidationError, prefix: str = "") -> str:
@@ -231,7 +244,10 @@ def validate_config(raw: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err) + _suggest_key(err)) from None
+        if err.errors()[0]["type"] == "extra_forbidden":
+            raise ConfigError(_format_validation_error(err) + _suggest_key(err)) from None
+        key, problem = _first_error(err)
+        raise ConfigError(_format_validation_error(err), key=key, problem=problem) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -30,7 +30,10 @@ def demo_config(method: str, out: Path, seed: int, progress: bool) -> dict[str, 
     }
 
 
-def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
+def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, progress: bool = True,
+             keep_host_memory_default: bool = False) -> dict[str, dict]:
+    """Each demo method trained and tested in ``out/<method>``, then ``comparison.md``;
+    ``keep_host_memory_default`` as for :func:`~sharewise.engine.runner.prepare` (the CLI: True)."""
     from .engine.runner import prepare, run
 
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +42,8 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, progress: boo
     for method in DEMO_METHODS:
         cfg = validate_config(demo_config(method, out, seed, progress))
         start = time.perf_counter()
-        ctx = prepare(cfg, reference=reference, reference_source=str(out / "independent") if reference else None)
+        ctx = prepare(cfg, reference=reference, reference_source=str(out / "independent") if reference else None,
+                      keep_host_memory_default=keep_host_memory_default)
         results[method] = run(ctx, overwrite=overwrite)
         times[method] = time.perf_counter() - start
         if method == "independent":

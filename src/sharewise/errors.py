@@ -17,7 +17,19 @@ class SharewiseError(Exception):
 
 
 class ConfigError(SharewiseError):
-    """A configuration key is unknown, has the wrong type or an impossible value."""
+    """A configuration key is unknown, has the wrong type or an impossible value.
+
+    ``key`` (``"train.epochs"``) and ``problem`` (``"must be >= 0 (got -3)"``) are set when one
+    key's value is at fault, so that the CLI can name the flag that set it.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.key, self.problem = key, problem
+
+
+class UsageError(SharewiseError):
+    """A command-line flag is unknown, lacks its value or has a value of the wrong form."""
 
 
 class DataError(SharewiseError):

@@ -37,7 +37,8 @@ def _ctx(args: argparse.Namespace, cfg=None):
     from ..engine.runner import prepare
 
     reference, source = load_reference(getattr(args, "reference", None))
-    return prepare(cfg or config_from_args(args), reference=reference, reference_source=source)
+    return prepare(cfg or config_from_args(args), reference=reference, reference_source=source,
+                   keep_host_memory_default=True)
 
 
 def _print_results(results: dict) -> None:
@@ -107,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    run_demo(Path(args.out), seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+             keep_host_memory_default=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """``sharewise`` command line: a thin layer that parses flags into config keys and calls the library.
 
-Errors caused by the input print one line naming the file, key or column and exit with code 2
-(no traceback unless ``--debug``).
+Errors caused by the input print one line naming the file, key, column or flag and exit with
+code 2 (no traceback unless ``--debug``); argparse's own errors too (no usage block).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SharewiseError
+from ..errors import SharewiseError, UsageError, close_matches
 
 COMMANDS = {
     "train": "run every training phase and record the validation selection (AdaShare: warm-up and policy search)",
@@ -26,6 +26,71 @@ COMMANDS = {
     "methods": "list the available methods",
     "datasets": "list the built-in datasets and the supported file formats",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one :class:`UsageError` line naming the flag (``main`` prints it,
+    without the usage block); ``--help`` is unchanged. Its sub-command parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._flags: list[str] = []  # every option string, for suggesting one in place of an unknown flag
+        self._commands: dict[str, _Parser] = {}
+        kwargs.setdefault("exit_on_error", False)  # ArgumentErrors reach parse_known_args below
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self._flags.extend(action.option_strings)
+        return action
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self._commands = action.choices
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        typed = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as err:
+            if err.argument_name is None:
+                self.error(err.message)
+            names = err.argument_name.split("/")  # e.g. --out/-o: the spelling the user typed
+            name = next((n for n in names if any(a == n or a.startswith(n + "=") for a in typed)), names[0])
+            raise UsageError(f"{name}: {err.message}") from None
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._commands.get(getattr(parsed, "command", None), self)
+            raise UsageError(parser.unexpected(extras[0]))
+        return parsed
+
+    def unexpected(self, arg: str) -> str:
+        """The message for an argument this parser does not take, e.g.
+        ``--epohcs: unknown flag (did you mean: --epochs?)``."""
+        if arg.startswith("-") and len(arg) > 1:
+            flag = arg.split("=", 1)[0]
+            return f"{flag}: unknown flag{close_matches(flag, self._flags) or f' (see {self.prog} --help)'}"
+        return f"unexpected argument {arg!r} (see {self.prog} --help)"
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _integer(text: str) -> int:
+    """``type=`` of the integer flags, for the message ``--seed: 'minus' is not an integer``."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
 
 
 def _alias(*names: str) -> list[str]:
@@ -52,33 +117,33 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="column of image paths (sets data.image_col; the inputs are those images)")
     p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
     p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
-    p.add_argument("--seed", type=int, help="run seed (train.seed)")
+    p.add_argument("--seed", type=_integer, help="run seed (train.seed)")
     p.add_argument(*_alias("--exp-name"), dest="exp_name", help="run name: the run directory is runs/<exp-name>")
     p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
-    p.add_argument("--gpus", nargs="*", type=int, metavar="ID", help="GPU ids, one process each (default: CPU)")
-    p.add_argument("--procs", type=int, metavar="N", help="CPU processes with the gloo backend (train.procs)")
-    p.add_argument("--epochs", type=int, help="shortcut for train.epochs")
+    p.add_argument("--gpus", nargs="*", type=_integer, metavar="ID", help="GPU ids, one process each (default: CPU)")
+    p.add_argument("--procs", type=_integer, metavar="N", help="CPU processes with the gloo backend (train.procs)")
+    p.add_argument("--epochs", type=_integer, help="shortcut for train.epochs")
     p.add_argument(*_alias("--exp-ids"), dest="exp_ids", nargs="+", metavar="ID",
                    help="candidates to re-train/test (train.exp_ids), e.g. AdaShare architectures 0 1 2 or argmax")
     p.add_argument("--overwrite", action="store_true", help="replace this command's earlier outputs in the run directory")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.add_argument("--reference", metavar="RUN_DIR|JSON",
                    help="single-task references for Δ_MTL: an `independent` run directory or a JSON of per-task metrics")
-    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+    p.add_argument("--seeds", nargs="+", type=_integer, metavar="SEED",
                    help="repeat the experiment for each seed in <out>/seed_<s>/ and report mean ± sd")
     p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sharewise", description="Deep multi-task learning that learns what to share.")
+    parser = _Parser(prog="sharewise", description="Deep multi-task learning that learns what to share.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in ("train", "retrain", "test", "run"):
         add_run_flags(sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name]))
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
     demo.add_argument("--out", "-o", default="runs/demo", help="directory for the demo runs (default runs/demo)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_integer, default=0)
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     demo.add_argument("--debug", action="store_true")
@@ -86,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("run_dir", metavar="RUN", help="a finished run directory")
     pred.add_argument("--data", required=True, help="table with the feature columns (targets may be missing)")
     pred.add_argument("--out", "-o", required=True, help="predictions file (.csv, .tsv or .parquet)")
-    pred.add_argument("--skip-rows", "--skip_rows", dest="skip_rows", type=int, default=None,
+    pred.add_argument("--skip-rows", "--skip_rows", dest="skip_rows", type=_non_negative, default=None,
                       help="lines to skip before the data (default: the run's data.skip_rows)")
     pred.add_argument("--overwrite", action="store_true")
     pred.add_argument("--debug", action="store_true")
@@ -113,16 +178,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from ..errors import ConfigError
 
     raw: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    flags: dict[str, str] = {}  # config key -> the flag that set it, named in the key's errors
 
-    def put(path: str, value: Any) -> None:
+    def put(path: str, value: Any, flag: str) -> None:
         if value is not None:
             apply_override(raw, path.split("."), value)
+            flags[path] = flag
 
-    put("data.path", args.data)
-    put("data.test_path", args.test_data)
-    put("data.id_col", args.id_col)
-    put("data.split_col", args.split_col)
-    put("data.image_col", getattr(args, "image_col", None))
+    put("data.path", args.data, "--data")
+    put("data.test_path", args.test_data, "--test-data")
+    put("data.id_col", args.id_col, "--id-col")
+    put("data.split_col", args.split_col, "--split-col")
+    put("data.image_col", getattr(args, "image_col", None), "--image-col")
     if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name", "hard") != args.method:
         dropped = sorted(k for k in raw["method"] if k != "name")
         if dropped:
@@ -131,19 +198,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
             warnings.warn(f"--method {args.method}: the config's keys for method {raw['method'].get('name', 'hard')!r} "
                           f"are not used ({', '.join('method.' + k for k in dropped)})")
         raw["method"] = {}
-    put("method.name", args.method)
-    put("backbone.name", args.backbone)
-    put("train.seed", args.seed)
-    put("train.epochs", args.epochs)
+    put("method.name", args.method, "--method")
+    put("backbone.name", args.backbone, "--backbone")
+    put("train.seed", args.seed, "--seed")
+    put("train.epochs", args.epochs, "--epochs")
     if getattr(args, "exp_ids", None):
-        put("train.exp_ids", [int(v) if v.isdigit() else v for v in args.exp_ids])
-    put("output.exp_name", args.exp_name)
-    put("output.dir", args.out)
-    put("train.procs", args.procs)
+        put("train.exp_ids", [int(v) if v.isdigit() else v for v in args.exp_ids], "--exp-ids")
+    put("output.exp_name", args.exp_name, "--exp-name")
+    put("output.dir", args.out, "--out")
+    put("train.procs", args.procs, "--procs")
     if args.gpus is not None:
-        put("train.gpus", list(args.gpus))
+        put("train.gpus", list(args.gpus), "--gpus")
     if args.no_progress:
-        put("train.progress", False)
+        put("train.progress", False, "--no-progress")
     if args.cat_target or args.num_target:
         existing = {t.get("name"): t for t in raw.get("tasks") or [] if isinstance(t, dict)}
         specs, seen = [], {}
@@ -162,12 +229,24 @@ def config_from_args(args: argparse.Namespace) -> Any:
     for ov in args.overrides:
         parts, value = parse_override(ov)
         apply_override(raw, parts, value)
-    return validate_config(raw)
+        key = ".".join(parts)
+        flags = {k: f for k, f in flags.items() if k != key and not k.startswith(key + ".")}
+    try:
+        return validate_config(raw)
+    except ConfigError as err:
+        flag = next((f for k, f in flags.items() if err.key and (err.key == k or err.key.startswith(k + "."))), None)
+        if flag is None or err.problem is None:
+            raise
+        raise ConfigError(f"{flag} ({err.key}): {err.problem}", key=err.key, problem=err.problem) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"sharewise: error: {err}", file=sys.stderr)
+        return err.exit_code
     if args.version:
         from .. import __version__
 

@@ -129,11 +129,15 @@ def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
 
 
 def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None,
-            reference_source: str | None = None) -> RunContext:
-    """Validate everything and build data, method and model; touches no file."""
+            reference_source: str | None = None, keep_host_memory_default: bool = False) -> RunContext:
+    """Validate everything and build data, method and model; touches no file.
+
+    ``keep_host_memory_default`` stands for ``train.keep_host_memory: null``: the CLI, which owns
+    its process, passes True; the Python API keeps False and leaves its host's allocator alone."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if cfg.train.keep_host_memory:
+    keep = cfg.train.keep_host_memory
+    if keep_host_memory_default if keep is None else keep:
         keep_freed_host_memory()
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
