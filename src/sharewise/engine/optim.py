@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +16,9 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
                     flat: bool = False) -> torch.optim.Optimizer:
     """The optimiser of ``spec`` over the named parameter groups (frozen parameters left out).
 
-    ``flat``: step every group as one contiguous buffer (:class:`FlatOptimizer`) where all its
-    parameters are float tensors of one dtype on one CPU or CUDA device and some group holds more
-    than one; only for phases where every parameter gets a gradient at every step
-    (``Phase.dense_gradients``)."""
+    ``flat``: step every group as one contiguous buffer (:class:`FlatOptimizer`, the same numbers
+    and state as the per-tensor optimiser) where all its parameters are float tensors of one dtype
+    on one CPU or CUDA device and some group holds more than one."""
     param_groups = []
     for name, lr in spec.lrs.items():
         params = [p for p in groups.get(name, []) if p.requires_grad]
@@ -49,91 +49,181 @@ def fast_kwargs(params: list[nn.Parameter]) -> dict[str, bool]:
     return {}
 
 
+# a cache line. The fused CPU kernels split a tensor into tasks of whole cache lines and step each
+# with vector code but for its last (size % vector width) elements, which take scalar code that
+# rounds differently; a tensor of whole cache lines (a vector is at most one) takes vector code
+# throughout wherever it lies, so stepping it inside a buffer gives the bits of stepping it alone
 ALIGN_BYTES = 64
 
 
 class FlatOptimizer(torch.optim.Optimizer):
-    """A torch optimiser stepping each parameter group as one contiguous buffer.
+    """A torch optimiser stepping each parameter group as one contiguous buffer, with the numbers
+    and the state of torch's per-tensor optimiser (``make``'s), bit for bit.
 
-    The group's parameters become views into one buffer. Backward fills their gradients as usual
-    (ordinary tensors); ``step`` copies them into a second buffer, and an inner fused optimiser
-    (built by ``make``) steps the two buffers, one kernel for the whole group. The arithmetic is
-    the inner optimiser's, element by element, so the parameters are bit-identical to stepping
-    them one by one; what goes is the cost per tensor (on a CPU about 5 µs a tensor, a tenth of a
-    small network's training step). ``param_groups`` keep the model's parameters (freezing,
-    clipping, gradient averaging and LR schedules work on them as usual).
+    The group's parameters of whole cache lines (64 bytes) become views into one buffer, each
+    starting on a cache line. Backward fills their gradients as usual (ordinary tensors); ``step``
+    copies them into a second buffer, and an inner fused optimiser (built by ``make``) steps the
+    buffer and the group's other parameters (their last elements take the kernel's scalar code in
+    a tensor of their own, not in a buffer), one kernel for the whole group. What goes is the cost
+    per tensor (on a CPU about 5 µs a tensor, a tenth of a small network's training step).
+    ``param_groups`` keep the model's parameters (freezing, clipping, gradient averaging and LR
+    schedules work on them as usual).
 
-    A parameter without a gradient in a step is stepped with a zero one (its moments decay; a
-    per-tensor optimiser would skip it): only for phases whose steps reach every parameter
-    (``Phase.dense_gradients``). A parameter moved or replaced after construction (``.to()``,
-    ``.data = ...``) is no longer in the buffer: the next step raises instead of training nothing.
-    (Gradients as views into the buffer, accumulated in place by backward, would save the copy
-    but made a 32-px ResNet's backward 10–18 % slower.)
+    A per-tensor optimiser does not step a parameter without a gradient (its moments, weight
+    decay and step count stay), which one buffer with one step count cannot do. So on the first
+    step where some parameter of a group has no gradient, that group goes per tensor for the rest
+    of the optimiser's life: its parameters (the flattened ones still views into the buffer) join
+    an ordinary optimiser built by ``make``, each with its part of the group's flat state, and are
+    stepped by it from then on; groups whose parameters all keep getting gradients stay flat.
+    A flattened parameter moved or replaced after construction (``.to()``, ``.data = ...``) is no
+    longer in the buffer: the next step raises instead of training nothing. (Gradients as views
+    into the buffer, accumulated in place by backward, would save the copy but made a 32-px
+    ResNet's backward 10–18 % slower.)
     """
 
     def __init__(self, param_groups: list[dict[str, Any]],
                  make: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]) -> None:
         super().__init__(param_groups, {})
-        # per group: the value buffer and each parameter's slice of the gradient buffer (which the
-        # inner optimiser's flat parameter holds as its .grad)
-        self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
-        inner_groups = []
-        for group in self.param_groups:
-            params = group["params"]
-            # every tensor starts on a 64-byte boundary, as its own allocation would (vectorised
-            # kernels expect that); the padding stays zero (a zero gradient moves a zero value by
-            # nothing, weight decay included)
-            align = max(1, ALIGN_BYTES // params[0].element_size())
-            starts, total = [], 0
-            for p in params:
-                starts.append(total)
-                total += -(-p.numel() // align) * align
-            values = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
-            grads = torch.zeros_like(values)
-            views = []
-            with torch.no_grad():
-                for p, offset in zip(params, starts):
-                    n = p.numel()
-                    values[offset:offset + n].copy_(p.reshape(-1))
-                    p.data = values[offset:offset + n].view_as(p)
-                    views.append(grads[offset:offset + n].view_as(p))
-            self._buffers.append((values, views))
-            flat = nn.Parameter(values)
-            flat.grad = grads
-            inner_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [flat]})
-        self.inner = make(inner_groups)
+        self._make = make
+        self._flat = [_FlatGroup(group["params"]) for group in self.param_groups]
+        self.inner = make([{**_hyper(group), "params": flat.inner_params()}
+                           for group, flat in zip(self.param_groups, self._flat)])
+        # the groups stepped per tensor (indices into param_groups, in the order they went)
+        self._per_tensor: torch.optim.Optimizer | None = None
+        self._per_tensor_groups: list[int] = []
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure() if closure is not None else None
-        for group, inner_group, (values, views) in zip(self.param_groups, self.inner.param_groups, self._buffers):
-            params = group["params"]
-            if params[0].data_ptr() != values.data_ptr():  # module.to() moves them all: one check is enough
+        stepped_flat = False
+        for i, (group, flat) in enumerate(zip(self.param_groups, self._flat)):
+            if flat.param is not None and flat.flattened[0].data_ptr() != flat.param.data_ptr():
+                # module.to() moves them all: one check is enough
                 raise RuntimeError("FlatOptimizer: the parameters were moved or replaced after the optimiser was "
                                    "built (e.g. by module.to()); build the optimiser after moving the model")
-            # the step's gradients into the buffer in one call (a parameter without one: zero)
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):
-                for view in (v for v, g in zip(views, grads) if g is None):
-                    view.zero_()
-                views, grads = [v for v, g in zip(views, grads) if g is not None], [g for g in grads if g is not None]
-            if grads:
-                torch._foreach_copy_(views, grads)
-            # hyper-parameters (a scheduler's lr) live in the outer groups
-            inner_group.update({k: v for k, v in group.items() if k != "params"})
-        self.inner.step()
+            if i in self._per_tensor_groups:
+                continue  # stepped from the parameters' own gradients
+            if any(p.grad is None for p in group["params"]):
+                self._go_per_tensor(i)
+                continue
+            if flat.param is not None:  # the step's gradients into the buffer in one call
+                torch._foreach_copy_(flat.grad_views, [p.grad for p in flat.flattened])
+            stepped_flat = True
+        # hyper-parameters (a scheduler's lr) live in the outer groups
+        for group, inner_group in zip(self.param_groups, self.inner.param_groups):
+            inner_group.update(_hyper(group))
+        if stepped_flat:
+            self.inner.step()
+        if self._per_tensor is not None:
+            for i, inner_group in zip(self._per_tensor_groups, self._per_tensor.param_groups):
+                inner_group.update(_hyper(self.param_groups[i]))
+            self._per_tensor.step()
         return loss
 
+    def _go_per_tensor(self, i: int) -> None:
+        """Group ``i`` from now on per tensor: its parameters leave the inner optimiser for the
+        per-tensor one with their state; a flattened one takes its slice of each of the buffer's
+        state tensors (``exp_avg``, ``momentum_buffer``) and a copy of the rest (``step``)."""
+        group, flat = self.param_groups[i], self._flat[i]
+        inner_group = self.inner.param_groups[i]
+        states = {p: self.inner.state.pop(p) for p in inner_group["params"] if p in self.inner.state}
+        inner_group["params"] = []
+        flat.drop_gradient_buffer()
+        per_tensor_group = {**_hyper(group), "params": list(group["params"])}
+        if self._per_tensor is None:
+            self._per_tensor = self._make([per_tensor_group])
+        else:
+            self._per_tensor.add_param_group(per_tensor_group)
+        self._per_tensor_groups.append(i)
+        buffer_state = states.pop(flat.param, {}) if flat.param is not None else {}
+        for p, offset in zip(flat.flattened, flat.offsets):
+            states[p] = {key: value[offset:offset + p.numel()].view_as(p).clone()
+                         if torch.is_tensor(value) and value.shape == flat.param.shape else copy.deepcopy(value)
+                         for key, value in buffer_state.items()}
+        for p, state in states.items():
+            if state:
+                self._per_tensor.state[p] = state
+
     def state_dict(self) -> dict[str, Any]:
-        return {"flat": self.inner.state_dict(),
-                "groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+        out = {"flat": self.inner.state_dict(), "groups": [_hyper(g) for g in self.param_groups]}
+        if self._per_tensor is not None:
+            out["per_tensor"] = {"groups": list(self._per_tensor_groups), "state": self._per_tensor.state_dict()}
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "flat" not in state_dict or len(state_dict["groups"]) != len(self.param_groups):
             raise ValueError("optimiser state is not that of a flat optimiser over these parameter groups")
+        per_tensor = state_dict.get("per_tensor")
+        if per_tensor is not None:
+            indices = per_tensor["groups"]
+            if len(set(indices)) != len(indices) or not all(0 <= i < len(self.param_groups) for i in indices):
+                raise ValueError(f"optimiser state steps groups {indices} per tensor, but there are "
+                                 f"{len(self.param_groups)} groups")
+        # every group flat again, then the saved ones per tensor, in the order they went (so that
+        # the inner optimiser's groups hold what they held when saved)
+        for flat, inner_group in zip(self._flat, self.inner.param_groups):
+            flat.attach_gradient_buffer()
+            inner_group["params"] = flat.inner_params()
+        self.inner.state.clear()
+        self._per_tensor, self._per_tensor_groups = None, []
+        for i in per_tensor["groups"] if per_tensor is not None else []:
+            self._go_per_tensor(i)
         self.inner.load_state_dict(state_dict["flat"])
+        for p, state in self.inner.state.items():
+            if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in state.values()):
+                raise ValueError("optimiser state is that of a flat optimiser over other parameters (or another "
+                                 "layout of their buffer)")
         for group, saved in zip(self.param_groups, state_dict["groups"]):
             group.update(saved)
+        if per_tensor is not None:
+            self._per_tensor.load_state_dict(per_tensor["state"])
+
+
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    """A parameter group's hyper-parameters (everything but its parameters)."""
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+class _FlatGroup:
+    """One parameter group's buffer. ``flattened``: its parameters of whole cache lines, views into
+    the buffer from ``offsets``; ``param``: the inner optimiser's parameter over the buffer (None
+    when no parameter is flattened); ``grad_views``: each flattened parameter's slice of the
+    gradient buffer (``param.grad``), None once the group is stepped per tensor; ``separate``: the
+    group's other parameters, stepped as themselves."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        whole_lines = [p.numel() > 0 and p.numel() * p.element_size() % ALIGN_BYTES == 0 for p in params]
+        self.flattened = [p for p, whole in zip(params, whole_lines) if whole]
+        self.separate = [p for p, whole in zip(params, whole_lines) if not whole]
+        self.offsets, total = [], 0
+        for p in self.flattened:
+            self.offsets.append(total)
+            total += p.numel()
+        self.param: nn.Parameter | None = None
+        self.grad_views: list[torch.Tensor] | None = None
+        if not self.flattened:
+            return
+        values = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+        with torch.no_grad():
+            for p, offset in zip(self.flattened, self.offsets):
+                values[offset:offset + p.numel()].copy_(p.reshape(-1))
+                p.data = values[offset:offset + p.numel()].view_as(p)
+        self.param = nn.Parameter(values)
+        self.attach_gradient_buffer()
+
+    def inner_params(self) -> list[nn.Parameter]:
+        return ([self.param] if self.param is not None else []) + self.separate
+
+    def attach_gradient_buffer(self) -> None:
+        if self.param is None or self.grad_views is not None:
+            return
+        grads = torch.zeros_like(self.param)
+        self.grad_views = [grads[o:o + p.numel()].view_as(p) for p, o in zip(self.flattened, self.offsets)]
+        self.param.grad = grads
+
+    def drop_gradient_buffer(self) -> None:
+        if self.param is not None:
+            self.grad_views, self.param.grad = None, None
 
 
 def build_scheduler(spec: OptimSpec, optimizer: torch.optim.Optimizer, total_steps: int):

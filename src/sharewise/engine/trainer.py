@@ -42,16 +42,21 @@ def _all_finite(value: torch.Tensor) -> bool:
 
 
 def _average_gradients(params: list[nn.Parameter]) -> None:
-    """Mean of every rank's gradient, in one flat all-reduce (a missing gradient counts as zero)."""
+    """Mean of every rank's gradient, in one flat all-reduce: a rank without a gradient for a
+    parameter counts as zero, and a parameter no rank has one for keeps none (the optimiser skips
+    it, as with one process). Each parameter's presence flag rides at the end of the buffer."""
     live = [p for p in params if p.requires_grad]
     if not live:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live]
+    present = torch.tensor([p.grad is not None for p in live], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([*grads, present])
     D.all_reduce_mean(flat)
+    anywhere = (flat[-len(live):] > 0).tolist()  # one sync for every flag
     offset = 0
-    for p in live:
+    for p, has_grad in zip(live, anywhere):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if has_grad else None
         offset += n
 
 
