@@ -1,4 +1,5 @@
-"""FlatOptimizer: each parameter group stepped as one buffer, bit-identical to torch's optimisers."""
+"""FlatOptimizer: each parameter group stepped as one buffer, bit-identical to torch's optimisers
+(for tensors of whole cache lines; see ``engine.optim.ALIGN_BYTES`` for the others)."""
 
 import io
 import socket
@@ -12,9 +13,10 @@ from sharewise.methods.base import OptimSpec
 
 
 def _model():
+    """Every tensor whole cache lines (16 floats): torch's bits exactly, values and state."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                         nn.Linear(16, 3))
+                         nn.Linear(16, 16))
 
 
 def _groups(model):
@@ -27,7 +29,8 @@ def _train(model, optimizer, scheduler, steps, start=0, without_grad=None, check
     before that step; ``check(i)`` runs after step ``i``."""
     for i in range(start, start + steps):
         g = torch.Generator().manual_seed(i)
-        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+        x = torch.randn(8, 6, generator=g)
+        y = torch.randint(0, 3, (8,), generator=g)
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,13 +70,16 @@ def _param_state(opt, p):
     return {}
 
 
-def _assert_same(ref, ref_opt, model, opt, where):
+def _assert_same(ref, ref_opt, model, opt, where, *, ulps_for=()):
+    """Values and state equal bit for bit; for the parameters named in ``ulps_for`` to float32
+    rounding (the last bits of a tensor's last few elements)."""
     for (name, a), b in zip(ref.named_parameters(), model.parameters()):
-        assert torch.equal(a, b), f"{name} after {where}"
+        same = (lambda x, y: torch.allclose(x, y, rtol=1e-5, atol=1e-7)) if name in ulps_for else torch.equal
+        assert same(a, b), f"{name} after {where}"
         sa, sb = _param_state(ref_opt, a), _param_state(opt, b)
         assert sa.keys() == sb.keys(), f"{name}'s state after {where}"
         for key in sa:
-            assert torch.equal(sa[key], sb[key]), f"{name}'s {key} after {where}"
+            assert same(sa[key], sb[key]), f"{name}'s {key} after {where}"
     for (name, a), b in zip(ref.named_buffers(), model.buffers()):
         assert torch.equal(a, b), f"{name} after {where}"
 
@@ -99,14 +105,15 @@ def test_flat_steps_are_bit_identical_to_torch_and_resume_from_state_dicts(spec)
     if sched is not None:
         sched.load_state_dict(state["sched"])
     _train(resumed, opt, sched, 3, start=3)
-    _assert_same(ref, ref_opt, resumed, opt, "resuming")  # the state too: a 3-float bias is stepped by itself
+    _assert_same(ref, ref_opt, resumed, opt, "resuming")  # the state too
     assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.kind for s in SPECS])
-def test_tensors_not_of_whole_cache_lines_inside_a_group_keep_the_bits_of_torch(spec):
+def test_tensors_not_of_whole_cache_lines_differ_at_most_in_their_last_bits(spec):
     """Torch's fused CPU kernels step a tensor's last (size % vector width) elements with scalar
-    code; in a buffer they would take vector code, which rounds otherwise."""
+    code; in the buffer, padded to a cache line, they take vector code, which may round otherwise.
+    Tensors of whole cache lines in the same buffer keep torch's bits exactly."""
     def model():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -114,10 +121,11 @@ def test_tensors_not_of_whole_cache_lines_inside_a_group_keep_the_bits_of_torch(
     ref, flat = model(), model()
     ref_opt = build_optimizer(spec, _groups(ref))
     flat_opt = build_optimizer(spec, _groups(flat), flat=True)
-    assert [p.shape for p in flat_opt._flat[0].separate] == [(5, 6), (5,)]  # before the buffer's (16, 5), (16,)
+    assert [tuple(p.shape) for p in flat_opt._flat[0].flattened] == [(5, 6), (5,), (16, 5), (16,)]
+    assert flat_opt._flat[0].offsets == [0, 32, 48, 128]  # each tensor on a cache line
     _train(ref, ref_opt, None, 6)
     _train(flat, flat_opt, None, 6)
-    _assert_same(ref, ref_opt, flat, flat_opt, "6 steps")
+    _assert_same(ref, ref_opt, flat, flat_opt, "6 steps", ulps_for={"0.weight", "0.bias", "4.bias"})
 
 
 def test_zero_grad_as_torch_and_a_parameter_without_a_gradient_stays_put():

@@ -49,22 +49,27 @@ def fast_kwargs(params: list[nn.Parameter]) -> dict[str, bool]:
     return {}
 
 
-# a cache line. The fused CPU kernels split a tensor into tasks of whole cache lines and step each
-# with vector code but for its last (size % vector width) elements, which take scalar code that
-# rounds differently; a tensor of whole cache lines (a vector is at most one) takes vector code
-# throughout wherever it lies, so stepping it inside a buffer gives the bits of stepping it alone
+# every tensor in a buffer starts on a 64-byte boundary, as its own allocation would (vectorised
+# kernels expect that). The fused CPU kernels step a tensor with vector code but for its last
+# (size % vector width) elements, which take scalar code that can round differently: in the
+# buffer a tensor that is not whole cache lines has zero padding after it and takes vector code
+# throughout, so its last few elements may differ from torch's per-tensor step in the last bit.
+# Tensors of whole cache lines get torch's bits exactly. (Stepping the others on their own would
+# give torch's bits for them too, but moves every figure recorded with this layout by about 1e-4;
+# see docs/benchmarks.md, "The optimiser steps one flat buffer".)
 ALIGN_BYTES = 64
 
 
 class FlatOptimizer(torch.optim.Optimizer):
     """A torch optimiser stepping each parameter group as one contiguous buffer, with the numbers
-    and the state of torch's per-tensor optimiser (``make``'s), bit for bit.
+    and the state of torch's per-tensor optimiser (``make``'s): bit for bit for tensors of whole
+    cache lines (64 bytes), up to the last bit of a tensor's last few elements otherwise
+    (:data:`ALIGN_BYTES`).
 
-    The group's parameters of whole cache lines (64 bytes) become views into one buffer, each
-    starting on a cache line. Backward fills their gradients as usual (ordinary tensors); ``step``
-    copies them into a second buffer, and an inner fused optimiser (built by ``make``) steps the
-    buffer and the group's other parameters (their last elements take the kernel's scalar code in
-    a tensor of their own, not in a buffer), one kernel for the whole group. What goes is the cost
+    The group's parameters become views into one buffer, each starting on a cache line. Backward
+    fills their gradients as usual (ordinary tensors); ``step`` copies them into a second buffer,
+    and an inner fused optimiser (built by ``make``) steps the buffer, one kernel for the whole
+    group. What goes is the cost
     per tensor (on a CPU about 5 µs a tensor, a tenth of a small network's training step).
     ``param_groups`` keep the model's parameters (freezing, clipping, gradient averaging and LR
     schedules work on them as usual).
@@ -185,45 +190,40 @@ def _hyper(group: dict[str, Any]) -> dict[str, Any]:
 
 
 class _FlatGroup:
-    """One parameter group's buffer. ``flattened``: its parameters of whole cache lines, views into
-    the buffer from ``offsets``; ``param``: the inner optimiser's parameter over the buffer (None
-    when no parameter is flattened); ``grad_views``: each flattened parameter's slice of the
-    gradient buffer (``param.grad``), None once the group is stepped per tensor; ``separate``: the
-    group's other parameters, stepped as themselves."""
+    """One parameter group's buffer: ``flattened`` (every parameter of the group) are views into
+    it from ``offsets`` (each on a cache line; the padding between them stays zero: a zero
+    gradient moves a zero value by nothing, weight decay included); ``param``: the inner
+    optimiser's parameter over the buffer; ``grad_views``: each parameter's slice of the gradient
+    buffer (``param.grad``), None once the group is stepped per tensor."""
 
     def __init__(self, params: list[nn.Parameter]) -> None:
-        whole_lines = [p.numel() > 0 and p.numel() * p.element_size() % ALIGN_BYTES == 0 for p in params]
-        self.flattened = [p for p, whole in zip(params, whole_lines) if whole]
-        self.separate = [p for p, whole in zip(params, whole_lines) if not whole]
+        self.flattened = list(params)
+        align = max(1, ALIGN_BYTES // params[0].element_size())
         self.offsets, total = [], 0
         for p in self.flattened:
             self.offsets.append(total)
-            total += p.numel()
-        self.param: nn.Parameter | None = None
-        self.grad_views: list[torch.Tensor] | None = None
-        if not self.flattened:
-            return
-        values = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+            total += -(-p.numel() // align) * align
+        values = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
         with torch.no_grad():
             for p, offset in zip(self.flattened, self.offsets):
                 values[offset:offset + p.numel()].copy_(p.reshape(-1))
                 p.data = values[offset:offset + p.numel()].view_as(p)
-        self.param = nn.Parameter(values)
+        self.param: nn.Parameter | None = nn.Parameter(values)
+        self.grad_views: list[torch.Tensor] | None = None
         self.attach_gradient_buffer()
 
     def inner_params(self) -> list[nn.Parameter]:
-        return ([self.param] if self.param is not None else []) + self.separate
+        return [self.param]
 
     def attach_gradient_buffer(self) -> None:
-        if self.param is None or self.grad_views is not None:
+        if self.grad_views is not None:
             return
         grads = torch.zeros_like(self.param)
         self.grad_views = [grads[o:o + p.numel()].view_as(p) for p, o in zip(self.flattened, self.offsets)]
         self.param.grad = grads
 
     def drop_gradient_buffer(self) -> None:
-        if self.param is not None:
-            self.grad_views, self.param.grad = None, None
+        self.grad_views, self.param.grad = None, None
 
 
 def build_scheduler(spec: OptimSpec, optimizer: torch.optim.Optimizer, total_steps: int):
