@@ -8,8 +8,6 @@ import sys
 import pytest
 import torch
 
-from sharewise.engine.checkpoint import load_checkpoint
-
 COMMON = ["--no-progress", "--set", "train.threads=1", "--set", "backbone.norm=group", "--set", "backbone.width=32",
           "--set", "backbone.depth=2", "--set", "train.max_steps=30", "--set", "train.epochs=1",
           "--set", "output.tensorboard=false", "--set", "optim.lr=0.003"]
@@ -31,8 +29,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         for metric in ("loss", entry["primary_metric"]):
             assert two["tasks"][task]["test"][metric] == pytest.approx(entry["test"][metric], rel=1e-3, abs=1e-4)
         assert two["tasks"][task]["test"]["n"] == entry["test"]["n"]  # every test example exactly once
-    w1 = load_checkpoint(tmp_path / "one/checkpoints/train/last.pt")["model"]
-    w2 = load_checkpoint(tmp_path / "two/checkpoints/train/last.pt")["model"]
+    w1 = torch.load(tmp_path / "one/checkpoints/train/last.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two/checkpoints/train/last.pt", weights_only=True)["model"]
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
     assert not list((tmp_path / "two").glob("*.rank1*"))
 
@@ -73,39 +71,23 @@ def test_killed_two_process_run_resumes(tmp_path):
         assert res["tasks"][task]["test"] == pytest.approx(entry["test"], rel=1e-6)
 
 
-def _adashare_replica(rank, world, port, out, result_dir):
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
-    from sharewise.config import validate_config
-    from sharewise.engine.runner import prepare, train
+def test_ddp_adashare_search_replicas_keep_identical_policies(tmp_path):
+    """Each rank dumps the search network it holds in memory (parameters and buffers, policy
+    logits included): the two replicas are bit-identical and the policy has moved from its init."""
+    from _replicas import differing_entries, raise_errors, run_replicas
 
-    cfg = validate_config({
+    config = {
         "method": {"name": "adashare", "search_cycles": 4, "cycle_iters": [2, 2], "warm_up_iters": 3,
                    "retrain_total_iters": 4, "curriculum_speed": 1, "num_archs": 1},
-        "backbone": {"width": 16, "depth": 3},
-        "train": {"progress": False, "batch_size": 16, "eval_every": 4},
-        "output": {"dir": str(out), "tensorboard": False}})
-    ctx = prepare(cfg)
-    train(ctx)
-    search = torch.load(out / "checkpoints" / "search" / "last.pt", weights_only=True)["model"]
-    torch.save({"logits": search["policy.logits"]}, result_dir / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def test_ddp_adashare_search_replicas_keep_identical_policies(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_adashare_replica, args=(2, port, tmp_path / "run", tmp_path), nprocs=2, join=True)
-    a = torch.load(tmp_path / "rank0.pt")["logits"]
-    b = torch.load(tmp_path / "rank1.pt")["logits"]
-    assert torch.equal(a, b)
-    assert not torch.equal(a, torch.full_like(a, 0.5))  # the policy was learned, not left at its init
+        "backbone": {"width": 16, "depth": 3, "norm": "group"},  # BatchNorm statistics are per rank on gloo
+        "train": {"progress": False, "batch_size": 16, "eval_every": 4, "threads": 1},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
+    dumps = run_replicas({"adashare": config}, tmp_path, run_test=False)["adashare"]
+    raise_errors(dumps)
+    a, b = (d["models"]["."] for d in dumps)  # the search network (warm-up + search), as each rank holds it
+    differ = differing_entries(a, b)
+    assert not differ, f"the ranks differ in {differ[:5]}"
+    assert not torch.equal(a["policy.logits"], torch.full_like(a["policy.logits"], 0.5))  # learned, not its init
 
 
 def test_bf16_autocast_on_cpu_and_fp16_needs_a_gpu(tmp_path):
