@@ -24,12 +24,6 @@ FIXED_LENGTHS = {"train": {"max_steps": 12, "eval_every": 6},
                  "adashare": {"warm_up_iters": 4, "cycle_iters": [2, 2], "search_cycles": 3, "retrain_total_iters": 6}}
 METHODS = sorted(methods())
 
-ADASHARE_PLAN_IGNORES_WORLD_SIZE = pytest.mark.xfail(strict=True, reason=(
-    "AdaShare._plan_for (src/sharewise/methods/adashare.py) counts the batches of train/train1/train2 without "
-    "world_size=D.world_size(), unlike the trainer: on 2 processes the default cycle_iters, the epoch-derived "
-    "total_iters, decay_lr_freq and eval_every are twice as many steps as on 1 process with the same global batch"))
-
-
 def _config(method, out, batch_size, *, fixed_lengths):
     lengths = FIXED_LENGTHS if fixed_lengths else {}
     return {
@@ -104,8 +98,7 @@ def test_two_processes_match_one_process(method, runs):
         assert not far, f"model {directory!r}: {far[:5]} differ from the 1-process run"
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=ADASHARE_PLAN_IGNORES_WORLD_SIZE) if m == "adashare" else m
-                                    for m in METHODS])
+@pytest.mark.parametrize("method", METHODS)
 def test_default_lengths_count_global_batches(method, runs):
     """With the lengths a method derives from the data (an epoch, a pass over a split), every
     phase takes as many steps on 2 processes as on 1 with the same global batch."""

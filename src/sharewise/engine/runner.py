@@ -74,6 +74,9 @@ class RunContext:
         spec = self.input_spec if self.loaded is None else self.loaded.data.input_spec
         return BuildContext(spec, self.tasks, self.backbone_factory, RandomStreams(self.cfg.train.seed))
 
+    def batches_per_epoch(self, split: str) -> int:
+        return self.data.num_batches(split, self.cfg.train.batch_size, world_size=D.world_size())
+
     def _artifact(self, name: str) -> Path:
         if name not in self.method.artifacts:
             raise ValueError(f"method {self.method.name!r} writes {name!r}, which is not in its `artifacts` "

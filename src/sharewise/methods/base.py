@@ -213,6 +213,11 @@ class MethodContext(Protocol):
     def build_context(self) -> BuildContext:
         """The :class:`BuildContext` of this run (to build a second model, e.g. a fixed architecture)."""
 
+    def batches_per_epoch(self, split: str) -> int:
+        """Optimiser steps one pass over ``split`` takes in this run: its batches of
+        ``train.batch_size`` per process, with the split sharded over every process (a method
+        sizing its phases in steps uses this, so 2 processes take the steps of 1)."""
+
     def write_artifact(self, name: str, content: dict[str, Any] | list[Any] | str) -> None:
         """Write the method's file ``name`` in the run directory atomically (JSON for a dict or
         list), on the main process only. ``name`` must be listed in :attr:`Method.artifacts`."""
@@ -275,7 +280,7 @@ class Method(abc.ABC):
         run seed for the phases' data order. ``ctx``: the run (:class:`MethodContext`). ``stage`` is one of
         :attr:`stages` (None: all); a stage that ends before any candidate returns none.
         """
-        steps = ctx.data.num_batches("train", ctx.cfg.train.batch_size)
+        steps = ctx.batches_per_epoch("train")
         phases = self.phases(ctx.model, steps)
         summaries = run_phases(ctx.model, phases, resume=resume)
         return [Candidate("main", f"checkpoints/{phases[-1].name}/best.pt")], summaries

@@ -373,9 +373,8 @@ class AdaShare(Method):
                      o.decay_lr_freq or max(1, int(round(0.2 * total))), t.eval_every or spe)
 
     def _plan_for(self, ctx: MethodContext) -> _Plan:
-        bs = ctx.cfg.train.batch_size
-        return self.plan(ctx.data.num_batches("train", bs), ctx.data.num_batches("train1", bs),
-                         ctx.data.num_batches("train2", bs))
+        return self.plan(ctx.batches_per_epoch("train"), ctx.batches_per_epoch("train1"),
+                         ctx.batches_per_epoch("train2"))
 
     def check_sizing(self, plan: _Plan, num_blocks: int) -> list[str]:
         """Warnings of §9.2: a curriculum that never completes, τ that never falls below 1."""
