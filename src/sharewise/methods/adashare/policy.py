@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from ...layers.gumbel import exponential_temperature, gumbel_noise, gumbel_softmax, steps_to_temperature
+from ...layers.gumbel import exponential_temperature, gumbel_softmax, steps_to_temperature
 
 InitMethod = Literal["equal", "random", "all_chosen"]
 SparsityForm = Literal["ce_skip", "log_exec"]
