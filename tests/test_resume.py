@@ -92,9 +92,27 @@ def test_nan_loss_stops_cleanly_and_keeps_checkpoint(tmp_path, monkeypatch):
         train(prepare(cfg))
     msg = str(err.value)
     assert "non-finite loss" in msg and "'parity'" in msg and "phase 'train'" in msg and "step 7" in msg
-    kept = load_checkpoint(tmp_path / "nan" / "checkpoints" / "train" / "last.pt")
+    last = tmp_path / "nan" / "checkpoints" / "train" / "last.pt"
+    assert msg.endswith(f"the last good checkpoint is kept: {last}")
+    kept = load_checkpoint(last)
     assert kept["state"]["step"] == 6
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_nan_before_any_checkpoint_says_none_was_written(tmp_path, capsys):
+    from sharewise.cli.main import main
+
+    out = tmp_path / "lr"
+    rc = main(["train", "--out", str(out), "--epochs", "1", "--no-progress", "--set", "train.threads=1",
+               "--set", "backbone.width=8", "--set", "output.tensorboard=false", "--set", "optim.lr=1e30"])
+    err = capsys.readouterr().err
+    assert rc == TrainingError.exit_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "non-finite" in lines[0]
+    assert lines[0].endswith(f"no checkpoint was written yet in {out / 'checkpoints' / 'train'}: "
+                             "lower optim.lr or check the data"), err
+    assert not (out / "checkpoints" / "train" / "last.pt").exists()
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):

@@ -40,6 +40,13 @@ class RunDirError(SharewiseError):
     """The run directory would be overwritten, or a needed run artefact is missing."""
 
 
+class WriteError(RunDirError):
+    """An output cannot be written: no space left, a read-only file system, no permission.
+
+    The message names the file or directory and what happened; the earlier file is kept.
+    """
+
+
 class TrainingError(SharewiseError):
     """Training cannot continue (non-finite loss or gradient)."""
 

@@ -11,7 +11,9 @@ import csv
 import dataclasses
 import datetime as _dt
 import io
+import errno
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from ..methods.base import BuildContext, Candidate
 from ..seeding import RandomStreams, seed_global
 from ..tasks import Task
 from . import distributed as D
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text, remove_stale_temporaries, write_failure
 from .checkpoint import load_checkpoint
 from .device import keep_freed_host_memory, resolve_device
 from .evaluate import evaluate
@@ -185,7 +187,11 @@ def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> Ru
 
 
 def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
-    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``."""
+    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
+
+    With either, the temporary files a killed checkpoint write left in ``checkpoints/`` are removed.
+    A run directory that cannot be written (read-only, no permission, no space) is refused before
+    anything in it is removed."""
     existing = [o for o in outputs if (run_dir / o).exists()]
     if existing and not (overwrite or resume):
         raise RunDirError(
@@ -193,12 +199,23 @@ def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume:
             "--overwrite to replace it, or --out/--exp-name for a new one"
         )
     D.barrier()  # every rank has looked before rank 0 removes anything
-    if overwrite and D.is_main():
-        for o in existing:
-            p = run_dir / o
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
     if D.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if overwrite and existing and not os.access(run_dir, os.W_OK | os.X_OK):
+                read_only = bool(os.statvfs(run_dir).f_flag & os.ST_RDONLY)
+                raise OSError(errno.EROFS if read_only else errno.EACCES, "cannot write", str(run_dir))
+            if overwrite:
+                for o in existing:
+                    p = run_dir / o
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if overwrite or resume:
+                remove_stale_temporaries(run_dir / "checkpoints")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            mapped = write_failure(err, err.filename or run_dir)
+            if mapped is None:
+                raise
+            raise mapped from err
     D.barrier()
 
 

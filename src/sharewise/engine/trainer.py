@@ -142,6 +142,13 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else {},
         })
 
+    def _kept_checkpoint(self, phase: Phase) -> str:
+        """The end of a non-finite stop's message: the checkpoint kept, when one was written."""
+        last = self.ckpt_path(phase.name, "last")
+        if last.is_file():
+            return f"the last good checkpoint is kept: {last}"
+        return f"no checkpoint was written yet in {last.parent}: lower optim.lr or check the data"
+
     # ------------------------------------------------------------------ one phase
 
     def run_phase(self, phase: Phase, *, resume: bool = False) -> dict[str, Any]:
@@ -333,7 +340,7 @@ class Trainer:
             bad = next(i for i, v in enumerate(losses.tolist()) if not math.isfinite(v))
             raise TrainingError(
                 f"non-finite loss ({losses[bad].item()}) in task {names[bad]!r}, phase {phase.name!r}, "
-                f"step {state.step + 1}; the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
+                f"step {state.step + 1}; {self._kept_checkpoint(phase)}")
         weights = torch.tensor([by_name[t].weight for t in names], dtype=losses.dtype, device=losses.device)
         total = (losses * weights).sum() if names else torch.zeros((), device=self.device)
         logged = {f"loss/{t}": v for t, v in zip(names, losses.tolist())}
@@ -359,7 +366,7 @@ class Trainer:
         if self.scaler is None and not _all_finite(norm):  # fp16: the scaler skips such steps itself
             raise TrainingError(
                 f"non-finite gradient in phase {phase.name!r}, step {state.step + 1} (stretch on {stretch.split!r}); "
-                f"the last good checkpoint is kept: {self.ckpt_path(phase.name, 'last')}")
+                f"{self._kept_checkpoint(phase)}")
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()

@@ -1,0 +1,254 @@
+"""A run directory that cannot be read back or written: unreadable checkpoints on ``--resume``, a
+full disk, a read-only output, and the temporary files a killed checkpoint write leaves behind.
+
+Each failure is one line on stderr naming the path, exit code 2, and leaves earlier files as they were.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sharewise import files
+from sharewise.cli.main import main
+from sharewise.engine.checkpoint import load_checkpoint, save_checkpoint
+from sharewise.errors import RunDirError, WriteError
+
+FAST = ["--epochs", "1", "--set", "backbone.width=8", "--set", "train.threads=1", "--no-progress",
+        "--set", "output.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict:
+    """A finished ``train`` run directory on a small table, and the flags that made it."""
+    root = tmp_path_factory.mktemp("finished")
+    rng = np.random.default_rng(0)
+    n = 60
+    pd.DataFrame({"subject": [f"s{i:03d}" for i in range(n)], "x1": rng.normal(size=n).round(3),
+                  "sex": np.where(np.arange(n) % 2 == 0, "F", "M"),
+                  "age": (40 + 10 * rng.normal(size=n)).round(1)}).to_csv(root / "people.csv", index=False)
+    flags = ["--data", str(root / "people.csv"), "--cat-target", "sex", "--num-target", "age", "--id-col", "subject",
+             *FAST]
+    out = root / "run"
+    assert main(["train", "--out", str(out), *flags]) == 0
+    return {"out": out, "flags": flags}
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> Path:
+    """A copy of the finished run directory, for a test to damage (its config names the copy, as
+    ``--resume`` would write it)."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished["out"], copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace(str(finished["out"]), str(copy)))
+    return copy
+
+
+def _contents(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys, *argv: str, code: int = 2) -> str:
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(list(argv))
+    err = capsys.readouterr().err
+    assert not caught, [str(w.message) for w in caught]
+    assert rc == code, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sharewise: error: "), err
+    return lines[0]
+
+
+class _Executes:
+    """A pickled object whose loading would call a function (what ``weights_only`` refuses)."""
+
+    def __reduce__(self):
+        return (print, ("EXECUTED-WHILE-LOADING",))
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(b"\x17" + np.random.default_rng(1).bytes(4095))
+
+
+def _executes_code(path: Path) -> None:
+    torch.save({"model": _Executes()}, path)
+
+
+# ----------------------------------------------------------------- unreadable checkpoints on --resume
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_empty, "empty file"),
+    (_truncated, "truncated or corrupt"),
+    (_random_bytes, "truncated or corrupt"),
+    (_executes_code, "not a weights-only checkpoint (refused: it would execute code)"),
+])
+def test_resume_from_an_unreadable_checkpoint(finished, run_copy, capsys, damage, reason):
+    last = run_copy / "checkpoints" / "train" / "last.pt"
+    damage(last)
+    before = _contents(run_copy)
+    line = _one_error_line(capsys, "train", "--resume", "--out", str(run_copy), *finished["flags"])
+    assert line.startswith(f"sharewise: error: {last}: unreadable checkpoint ({reason})"), line
+    assert "weights_only" not in line and "EXECUTED-WHILE-LOADING" not in capsys.readouterr().out
+    assert _contents(run_copy) == before  # the damaged checkpoint too: nothing replaced or removed
+
+
+def test_load_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "last.pt"
+    _empty(path)
+    with pytest.raises(RunDirError, match=r"last\.pt: unreadable checkpoint \(empty file\)"):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------- disk full, read-only output
+
+
+def _full_disk(monkeypatch, *, only_checkpoints: bool = False) -> None:
+    """Every low-level write (or only a checkpoint's: torch.save writes a zip, ``PK...``) fails with ENOSPC."""
+    original = files._write
+
+    def full(fh, data):
+        if not only_checkpoints or bytes(memoryview(data)[:2]) == b"PK":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(fh, data)
+
+    monkeypatch.setattr(files, "_write", full)
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "train" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    old = path.read_bytes()
+    _full_disk(monkeypatch)
+    with pytest.raises(WriteError) as err:
+        save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}})  # torch.save: RuntimeError [enforce fail]
+    assert str(err.value) == f"cannot write {path}: no space left on device"
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_disk_full_during_training_is_one_line(finished, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "new"
+    _full_disk(monkeypatch, only_checkpoints=True)
+    line = _one_error_line(capsys, "train", "--out", str(out), *finished["flags"])
+    assert line.startswith(f"sharewise: error: cannot write {out / 'checkpoints'}"), line
+    assert line.endswith(".pt: no space left on device"), line
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_disk_full_on_resume_keeps_every_file(finished, run_copy, monkeypatch, capsys):
+    before = _contents(run_copy)
+    _full_disk(monkeypatch)
+    line = _one_error_line(capsys, "train", "--resume", "--out", str(run_copy), *finished["flags"])
+    assert line.startswith(f"sharewise: error: cannot write {run_copy}"), line
+    assert line.endswith(": no space left on device"), line
+    assert _contents(run_copy) == before
+
+
+def _chmod_is_effective(path: Path) -> bool:
+    """False when running as root, where a directory's mode does not stop a write."""
+    return not os.access(path, os.W_OK)
+
+
+def test_read_only_output_directory(finished, tmp_path, monkeypatch, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    out = parent / "run"
+    os.chmod(parent, 0o555)
+    try:
+        if _chmod_is_effective(parent):
+            line = _one_error_line(capsys, "train", "--out", str(out), *finished["flags"])
+            assert line == f"sharewise: error: cannot write {out}: permission denied", line
+            assert not out.exists()
+            return
+        original = os.replace
+
+        def read_only(src, dst, *args, **kwargs):
+            if str(dst).startswith(str(out)):
+                raise OSError(errno.EROFS, "Read-only file system", str(dst))
+            return original(src, dst, *args, **kwargs)
+
+        os.chmod(parent, 0o755)
+        monkeypatch.setattr(os, "replace", read_only)
+        line = _one_error_line(capsys, "train", "--out", str(out), *finished["flags"])
+        assert line == f"sharewise: error: cannot write {out / 'config.yaml'}: read-only file system", line
+        assert not list(out.rglob("*.tmp"))
+    finally:
+        os.chmod(parent, 0o755)
+
+
+def test_run_directory_that_cannot_be_created(finished, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ro" / "run"
+    original = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == out:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    line = _one_error_line(capsys, "train", "--out", str(out), *finished["flags"])
+    assert line == f"sharewise: error: cannot write {out}: read-only file system", line
+
+
+def test_overwrite_of_a_read_only_run_directory_removes_nothing(finished, run_copy, monkeypatch, capsys):
+    before = _contents(run_copy)
+    os.chmod(run_copy, 0o555)
+    try:
+        if not _chmod_is_effective(run_copy):  # root: the directory looks unwritable through os.access
+            original = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == run_copy
+                                else original(p, mode, *a, **k))
+        line = _one_error_line(capsys, "train", "--overwrite", "--out", str(run_copy), *finished["flags"])
+        assert line == f"sharewise: error: cannot write {run_copy}: permission denied", line
+    finally:
+        os.chmod(run_copy, 0o755)
+    assert _contents(run_copy) == before
+
+
+# ----------------------------------------------------------------- temporary files of a killed write
+
+STALE = [".last.pt.a1b2c3d4.tmp", ".best.pt.x_y9k2mz.tmp"]
+KEPT = [".last.pt.tmp", "notes.tmp", ".last.pt.ABCDEFGH.tmp", ".last.pt.abc.tmp", "last.pt.a1b2c3d4.tmp"]
+
+
+@pytest.mark.parametrize("command", [["train", "--resume"], ["test", "--overwrite"]])
+def test_stale_temporary_files_are_removed(finished, run_copy, capsys, command):
+    folder = run_copy / "checkpoints" / "train"
+    for name in STALE + KEPT:
+        (folder / name).write_bytes(b"PK\x03\x04 half a checkpoint")
+    assert main([*command, "--out", str(run_copy), *finished["flags"]]) == 0, capsys.readouterr().err
+    left = {p.name for p in folder.iterdir()}
+    assert not left & set(STALE)
+    assert set(KEPT) <= left
+
+
+def test_remove_stale_temporaries_matches_atomic_write(tmp_path):
+    files.atomic_write_text(tmp_path / "a" / "x.json", "{}")
+    fd, name = files.tempfile.mkstemp(dir=tmp_path / "a", prefix=".x.json.", suffix=".tmp")  # as atomic_write does
+    os.close(fd)
+    killed = Path(name)
+    (tmp_path / "a" / ".x.json.tmp").write_text("")
+    assert files.remove_stale_temporaries(tmp_path) == [killed]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".x.json.tmp", "x.json"]
