@@ -194,6 +194,98 @@ def test_ragged_separate_test_file(bad, finished, tmp_path):
     assert path in line and "line 4" in line
 
 
+def test_truncated_gzip_csv(bad, tmp_path):
+    import gzip
+
+    path = tmp_path / "people.csv.gz"
+    path.write_bytes(gzip.compress(_good_frame().to_csv(index=False).encode())[:-40])
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert line.startswith("sharewise: error: people.csv.gz: truncated or corrupt gzip file"), line
+
+
+def test_corrupt_gzip_csv(bad, tmp_path):
+    import gzip
+
+    data = bytearray(gzip.compress(_good_frame().to_csv(index=False).encode()))
+    data[30:60] = b"\xff" * 30  # damage the deflate stream, keep the gzip header
+    path = tmp_path / "people.csv.gz"
+    path.write_bytes(bytes(data))
+    line = bad("--data", path.name, "--cat-target", "sex")
+    assert line.startswith("sharewise: error: people.csv.gz: truncated or corrupt gzip file"), line
+
+
+@pytest.mark.parametrize("name", ["people.csv", "people.csv.gz"])
+def test_text_not_in_the_encoding_names_the_encoding_key(bad, tmp_path, name):
+    import gzip
+
+    text = _rows(sex=lambda i: "FM"[i % 2], site=lambda i: "Zürich" if i == 6 else "Bern").encode("latin-1")
+    (tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    line = bad("--data", name, "--cat-target", "sex")
+    assert line.startswith(f"sharewise: error: {name}: not valid utf-8 text (byte 0xfc on line 8)"), line
+    assert "data.encoding" in line
+
+
+def test_encoding_key_reads_latin1_text(tmp_path):
+    from sharewise.config import DataConfig
+    from sharewise.data.table import read_table
+
+    path = tmp_path / "people.csv"
+    path.write_bytes(_rows(sex=lambda i: "FM"[i % 2], site=lambda i: "Zürich").encode("latin-1"))
+    assert set(read_table(path, DataConfig(encoding="latin-1"))["site"]) == {"Zürich"}
+
+
+def test_unknown_encoding(bad, finished):
+    line = bad("--data", str(finished["data"]), "--cat-target", "sex", "--set", "data.encoding=utf-9")
+    assert "'data.encoding'" in line and "utf-9" in line
+
+
+@pytest.mark.parametrize("name", ["people.csv", "people.tsv", "people.csv.gz"])
+def test_duplicated_header_name(bad, tmp_path, name):
+    """pandas would read the copy as ``sex.1`` and use the target as a feature."""
+    import gzip
+
+    sep = "\t" if ".tsv" in name else ","
+    lines = [sep.join(["x1", "sex", "x2", "sex"])]
+    lines += [sep.join([str(i), "FM"[i % 2], str(i * 2), "FM"[i % 2]]) for i in range(30)]
+    text = ("\n".join(lines) + "\n").encode()
+    (tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    line = bad("--data", name, "--cat-target", "sex")
+    assert line == f"sharewise: error: {name}: column 'sex' appears 2 times in the header (columns 2 and 4)"
+
+
+def test_duplicated_header_name_three_times(bad, tmp_path):
+    path = _csv(tmp_path, "sex,x, sex ,sex\n" + "".join(f"{'FM'[i % 2]},{i},F,M\n" for i in range(30)))
+    line = bad("--data", path, "--cat-target", "sex")
+    assert line == f"sharewise: error: {path}: column 'sex' appears 3 times in the header (columns 1, 3 and 4)"
+
+
+def test_duplicated_parquet_column(bad, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 30
+    sex = ["FM"[i % 2] for i in range(n)]
+    pq.write_table(pa.table([list(range(n)), sex, list(range(n)), sex], names=["x1", "sex", "x2", "sex"]),
+                   tmp_path / "people.parquet")
+    line = bad("--data", "people.parquet", "--cat-target", "sex")
+    assert line == "sharewise: error: people.parquet: column 'sex' appears 2 times in the header (columns 2 and 4)"
+
+
+def test_duplicated_header_in_join_table(bad, tmp_path):
+    main = _csv(tmp_path, _rows(sex=lambda i: "FM"[i % 2], site=lambda i: "ab"[i % 2]), name="people.csv")
+    _csv(tmp_path, "site,region,region\na,north,south\nb,east,west\n", name="sites.csv")
+    line = bad("--data", main, "--cat-target", "sex", "--set", "data.join={path: sites.csv, on: site}")
+    assert line == "sharewise: error: sites.csv: column 'region' appears 2 times in the header (columns 2 and 3)"
+
+
+@pytest.mark.parametrize("marks, missing", [(lambda i: "train" if i % 5 else "test", "val"),
+                                            (lambda i: "val" if i % 5 else "test", "train")])
+def test_split_column_without_val_or_train_rows(bad, tmp_path, marks, missing):
+    path = _csv(tmp_path, _rows(sex=lambda i: "FM"[i % 2], fold=marks))
+    line = bad("--data", path, "--cat-target", "sex", "--split-col", "fold")
+    assert line.startswith(f"sharewise: error: split column 'fold': the {missing} split would be empty"), line
+
+
 # ----------------------------------------------------------------- targets and columns
 
 

@@ -48,3 +48,15 @@ def test_split_column_and_train_carving():
         split_from_column(pd.Series(["train", "holdout"]), "fold")
     parts = carve_train(np.arange(100), seed=0)
     assert not set(parts["train1"]) & set(parts["train2"]) and len(parts["train1"]) + len(parts["train2"]) == 100
+
+
+@pytest.mark.parametrize("values, missing", [(["train", "test", "train"], "val"), (["val", "dev", "test"], "train")])
+def test_split_column_without_train_or_val_rows_is_an_error(values, missing):
+    with pytest.raises(DataError, match=f"split column 'fold': the {missing} split would be empty"):
+        split_from_column(pd.Series(values), "fold")
+
+
+def test_split_column_without_test_rows_warns():
+    with pytest.warns(UserWarning, match="split column 'fold': no row is marked test"):
+        s = split_from_column(pd.Series(["train", "val", "train"]), "fold")
+    assert len(s["test"]) == 0 and s["train"].tolist() == [0, 2]

@@ -8,6 +8,7 @@ method or source validates with its own options model. Unknown keys and wrong ty
 
 from __future__ import annotations
 
+import codecs
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,7 @@ class DataConfig(_Open):
     header: bool = True
     columns: list[str] | None = None
     sep: str | None = None
+    encoding: str = "utf-8"  # text encoding of CSV/TSV files (and data.join tables), e.g. latin-1
     skip_rows: int = Field(0, ge=0)  # lines to skip before the header/data
     test_skip_rows: int | None = Field(None, ge=0)  # the same for test_path (default: skip_rows)
     na_values: list[str] = Field(default_factory=list)
@@ -90,6 +92,15 @@ class DataConfig(_Open):
     group_col: str | None = None
     max_categories: int = Field(64, ge=1)
     join: list[JoinSpec] = Field(default_factory=list)  # one mapping or a list (data/join.py)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return v
 
     @field_validator("join", mode="before")
     @classmethod

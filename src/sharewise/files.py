@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -123,10 +124,31 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write ``obj`` as strict JSON: NaN and ±Infinity (which ``json`` would write as bare tokens
+    that other readers reject) are written as ``null``."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+def _finite(o: Any) -> Any:
+    """``o`` with every non-finite float (NumPy and tensor scalars included) replaced by None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int)):
+        return o
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [_finite(v) for v in o]
+    try:
+        converted = _json_default(o)
+    except (TypeError, ValueError, RuntimeError):
+        return o  # json.dumps reports it
+    return _finite(converted)
 
 
 def _json_default(o: Any) -> Any:
+    if getattr(o, "ndim", 0) and hasattr(o, "tolist"):  # arrays and tensors; .item() is for scalars
+        return o.tolist()
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):

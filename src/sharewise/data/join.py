@@ -32,21 +32,26 @@ from ..errors import ConfigError, DataError, close_matches
 _KEY = "__join_key__"
 
 
-def apply_joins(frame: pd.DataFrame, joins: Sequence[JoinSpec], *, source: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def apply_joins(
+    frame: pd.DataFrame, joins: Sequence[JoinSpec], *, source: str, encoding: str = "utf-8",
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """``frame`` with the columns of every table in ``joins`` added (in order), and per join the
     counts of matched and unmatched rows (for ``data.meta`` and ``data_state.json``)."""
     report = []
     for k, spec in enumerate(joins):
-        frame, info = join_table(frame, spec, source=source, key=f"data.join[{k}]" if len(joins) > 1 else "data.join")
+        frame, info = join_table(frame, spec, source=source, key=f"data.join[{k}]" if len(joins) > 1 else "data.join",
+                                 encoding=encoding)
         report.append(info)
     return frame, report
 
 
-def join_table(frame: pd.DataFrame, spec: JoinSpec, *, source: str, key: str = "data.join") -> tuple[pd.DataFrame, dict[str, Any]]:
+def join_table(
+    frame: pd.DataFrame, spec: JoinSpec, *, source: str, key: str = "data.join", encoding: str = "utf-8",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     from .table import read_table
 
     left_key, right_key = spec.keys
-    other = read_table(spec.path, DataConfig(format=spec.format, sep=spec.sep))
+    other = read_table(spec.path, DataConfig(format=spec.format, sep=spec.sep, encoding=encoding))
     if left_key not in frame.columns:
         raise DataError(f"{source}: unknown join key column {left_key!r} ({key}){close_matches(left_key, frame.columns)}")
     if right_key not in other.columns:

@@ -8,6 +8,7 @@ configuration errors.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,15 +107,25 @@ def stratified_split(
 
 
 def split_from_column(values: pd.Series, column: str) -> dict[str, np.ndarray]:
-    """A user-given split column with values train/val/test (aliases accepted)."""
+    """A user-given split column with values train/val/test (aliases accepted).
+
+    Train and val must each have a row (selection needs a validation score); an empty test
+    split is allowed, with a warning."""
     norm = values.astype(str).str.strip().str.lower()
     unknown = sorted(set(norm) - set(SPLIT_ALIASES))
     if unknown:
         raise DataError(f"split column {column!r}: unknown value(s) {unknown[:5]}; use train, val or test")
     mapped = norm.map(SPLIT_ALIASES).to_numpy()
     out = {name: np.flatnonzero(mapped == name) for name in ("train", "val", "test")}
-    if len(out["train"]) == 0:
-        raise DataError(f"split column {column!r}: no row is marked train")
+    for name in ("train", "val"):
+        if len(out[name]) == 0:
+            marks = ", ".join(sorted(a for a, n in SPLIT_ALIASES.items() if n == name))
+            raise DataError(
+                f"split column {column!r}: the {name} split would be empty ({len(mapped)} examples, "
+                f"no row is marked {marks})"
+            )
+    if len(out["test"]) == 0:
+        warnings.warn(f"split column {column!r}: no row is marked test; the run has no test split")
     return out
 
 

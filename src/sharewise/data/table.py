@@ -9,7 +9,9 @@ training split. Image-path tables and phenotype tables for volumes reuse it.
 from __future__ import annotations
 
 import csv
+import gzip
 import re
+import zlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,8 @@ def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | No
     if fmt == "parquet":
         if not head.startswith(b"PAR1"):
             raise DataError(f"{p}: not a Parquet file (no PAR1 magic); is it a CSV with the wrong extension?")
+        if cfg.columns is None:
+            _check_header(p, _parquet_column_names(p))
         try:
             frame = pd.read_parquet(p)
         except Exception as err:  # pyarrow raises many types
@@ -93,6 +97,28 @@ def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | No
         frame = frame.replace({v: np.nan for v in cfg.na_values})
         frame = frame.apply(_reinfer_numeric)
     return frame
+
+
+def _check_header(p: Path, names: Sequence[Any]) -> None:
+    """Refuse a header that names a column twice: pandas would rename the copy (``sex.1``) and
+    use it as a feature, so a duplicated target would leak into the inputs."""
+    names = [str(n).strip() for n in names]
+    for name in dict.fromkeys(names):
+        where = [i + 1 for i, n in enumerate(names) if n == name]
+        if len(where) > 1:
+            cols = ", ".join(str(i) for i in where[:-1]) + f" and {where[-1]}"
+            raise DataError(f"{p}: column {name!r} appears {len(where)} times in the header (columns {cols})")
+
+
+def _parquet_column_names(p: Path) -> list[str]:
+    """The column names in a Parquet file's schema, as written (none when it cannot be read:
+    reading the file then reports what is wrong)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(p).names)
+    except Exception:  # pyarrow raises many types; pd.read_parquet reports them
+        return []
 
 
 _UNDEFINED_CP1252 = frozenset(b"\x81\x8d\x8f\x90\x9d")
@@ -134,10 +160,44 @@ def _reinfer_numeric(col: pd.Series) -> pd.Series:
 
 
 def _read_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
+    """Read a CSV/TSV file (gzip-compressed when named ``.gz``); a corrupt archive, text that is
+    not in ``data.encoding`` or a parse failure is one :class:`DataError` naming the file."""
+    compressed = str(p).endswith(".gz")
+    try:
+        return _parse_text_table(p, fmt, cfg)
+    except UnicodeDecodeError as err:
+        raise DataError(_decode_problem(p, cfg.encoding, err, compressed)) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        if not compressed:
+            raise DataError(f"{p}: unreadable file: {err}") from None
+        raise DataError(f"{p}: truncated or corrupt gzip file ({_first_line(err) or type(err).__name__})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else ""
+
+
+def _decode_problem(p: Path, encoding: str, err: UnicodeDecodeError, compressed: bool) -> str:
+    """Which line and byte are not ``encoding`` text, and the key that sets the encoding."""
+    where = f"byte 0x{err.object[err.start]:02x}" if err.start < len(err.object) else "a byte"
+    try:
+        data = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
+        data.decode(encoding)
+    except UnicodeDecodeError as full:
+        line = data.count(b"\n", 0, full.start) + 1
+        where += f" on line {line}"
+    except Exception:  # the line number is a courtesy; the message stands without it
+        pass
+    return (f"{p}: not valid {encoding} text ({where}); set data.encoding to the file's encoding "
+            "(e.g. latin-1 or cp1252)")
+
+
+def _parse_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
     sep = cfg.sep or ("\t" if fmt == "tsv" else ",")
     compression = "gzip" if str(p).endswith(".gz") else None
-    opener = (lambda: __import__("gzip").open(p, "rt", encoding="utf-8", errors="replace")) if compression else (
-        lambda: p.open("r", encoding="utf-8", errors="replace", newline=""))
+    encoding = cfg.encoding
+    opener = (lambda: gzip.open(p, "rt", encoding=encoding)) if compression else (
+        lambda: p.open("r", encoding=encoding, newline=""))
     # Ragged rows: pandas fills short rows silently, so count fields first.
     with opener() as fh:
         for _ in range(cfg.skip_rows):
@@ -152,6 +212,8 @@ def _read_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
                 continue
             if width is None:
                 width = len(row)
+                if cfg.header and cfg.columns is None:
+                    _check_header(p, row)
                 if cfg.columns is not None and not cfg.header and len(cfg.columns) != width:
                     raise DataError(f"{p}: data.columns names {len(cfg.columns)} columns but line {line} has {width} fields")
                 continue
@@ -166,12 +228,12 @@ def _read_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
         frame = pd.read_csv(
             p, sep=sep, header=header, names=names, skiprows=cfg.skip_rows, skipinitialspace=True,
             na_values=cfg.na_values or None, keep_default_na=True, skip_blank_lines=True,
-            compression=compression, encoding="utf-8", encoding_errors="replace", low_memory=False,
+            compression=compression, encoding=encoding, low_memory=False,
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{p}: the file is empty") from None
     except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"{p}: malformed {fmt.upper()}: {str(err).splitlines()[0]}") from None
+        raise DataError(f"{p}: malformed {fmt.upper()}: {_first_line(err)}") from None
     if cfg.columns is not None and cfg.header:
         if len(cfg.columns) != frame.shape[1]:
             raise DataError(f"{p}: data.columns names {len(cfg.columns)} columns but the file has {frame.shape[1]}")
@@ -335,9 +397,9 @@ def prepare_table(
     if d.join:
         from .join import apply_joins
 
-        frame, joined = apply_joins(frame, d.join, source=source)
+        frame, joined = apply_joins(frame, d.join, source=source, encoding=d.encoding)
         if test_frame is not None:
-            test_frame, _ = apply_joins(test_frame, d.join, source=d.test_path or "test table")
+            test_frame, _ = apply_joins(test_frame, d.join, source=d.test_path or "test table", encoding=d.encoding)
     frames = [frame] if test_frame is None else [frame, test_frame]
     for i, f in enumerate(frames):
         src = source if i == 0 else (d.test_path or "test table")
