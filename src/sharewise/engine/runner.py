@@ -421,8 +421,10 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
         tasks[t.name] = {"kind": t.kind, "primary_metric": t.primary_metric, "classes": t.to_dict()["classes"],
                          "val": selection["val"][t.name], "test": test_metrics[t.name], "delta": d}
     example = ctx.data.examples if ctx.data.shape == "shared" else next(iter(ctx.data.examples.values()))
-    x0 = example.get_inputs(ctx.data.splits["test"][:1] if ctx.data.shape == "shared"
-                            else ctx.data.splits[ctx.tasks[0].name]["test"][:1])[0].to(ctx.device)
+    splits = ctx.data.splits if ctx.data.shape == "shared" else ctx.data.splits[ctx.tasks[0].name]
+    # the FLOPs' example: the first test example (a train one where the test split is empty)
+    first = next(splits[s][:1] for s in ("test", "val", "train") if len(splits[s]))
+    x0 = example.get_inputs(first)[0].to(ctx.device)
     return {
         "schema": SCHEMA,
         "method": ctx.cfg.method.name,
