@@ -100,3 +100,59 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_a_gpu(tmp_path):
     b = json.loads((tmp_path / "bf16" / "results.json").read_text())["tasks"]["digit"]["test"]["accuracy"]
     assert abs(a - b) < 0.05  # reduced precision, same training
     assert main(["run", "--out", str(tmp_path / "fp16"), *flags, "--set", "train.precision=fp16"]) == 2
+
+
+def _children_with_rank(parent: int) -> dict[int, int]:
+    """{RANK: pid} of ``parent``'s child processes, read from /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = int(entry)
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks through /proc")
+def test_a_killed_rank_is_named_and_the_others_are_stopped(tmp_path):
+    """SIGKILL rank 1 mid-training: the launcher stops rank 0, names rank 1 and its signal on one
+    line, and exits non-zero within seconds; rank 0's gloo transport error is not shown raw."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sharewise", "run", "--out", str(out), *COMMON, "--procs", "2",
+                             "--set", "train.batch_size=8", "--set", "train.max_steps=100000",
+                             "--set", "train.epochs=1000", "--set", "train.log_every=1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        ranks = _children_with_rank(proc.pid)
+        assert proc.poll() is None and set(ranks) == {0, 1}, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.time()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            for pid in _children_with_rank(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and time.time() - killed < 20
+    assert "sharewise: rank 1 died (signal SIGKILL)" in err, err
+    assert "Connection reset by peer" not in err and "Traceback" not in err, err
+    time.sleep(0.5)
+    assert _children_with_rank(proc.pid) == {}

@@ -218,13 +218,16 @@ def test_missing_and_corrupt_volumes_error_or_skip_with_counts(tmp_path):
     loaded, msgs = quiet_build(vcfg(path, volume_shape=[8, 8, 8], skip_bad_volumes=True))
     assert loaded.data.meta["volumes"]["bad_volumes"] == 1 and loaded.data.meta["volumes"]["used"] == 13
     assert any("skipped 1 unreadable volume" in m and corrupt.name in m for m in msgs)
-    # truncated after a valid header: found by verify_volumes: decode (or on first use otherwise)
+    # truncated after a valid header: found from the header and the file's length, without decoding
     truncated = write_nifti(next(t1.glob("IXI005-*")),
                             np.random.default_rng(0).integers(0, 200, (20, 20, 20)).astype(np.uint8))
     truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) * 3 // 4])  # noise: incompressible
+    corrupt.unlink()
+    with pytest.raises(DataError, match=f"{truncated.name}: truncated volume"):
+        build_data(vcfg(path, volume_shape=[8, 8, 8]))
+    corrupt.write_bytes(b"this is not a NIfTI file at all" * 20)
     lazy, _ = quiet_build(vcfg(path, volume_shape=[8, 8, 8], skip_bad_volumes=True))
-    with pytest.raises(DataError, match=truncated.name):
-        lazy.data.examples.get_inputs(np.arange(len(lazy.data.examples)))
+    assert lazy.data.meta["volumes"]["bad_volumes"] == 2 and lazy.data.meta["volumes"]["used"] == 12
     eager, msgs = quiet_build(vcfg(path, volume_shape=[8, 8, 8], skip_bad_volumes=True, verify_volumes="decode"))
     assert eager.data.meta["volumes"]["bad_volumes"] == 2 and eager.data.meta["volumes"]["used"] == 12
     eager.data.examples.get_inputs(np.arange(12))
@@ -235,6 +238,57 @@ def test_missing_and_corrupt_volumes_error_or_skip_with_counts(tmp_path):
     with pytest.raises(DataError, match="nope.nii.gz"):
         build_data(validate_config({"data": {"path": str(tmp_path / "s" / "paths.csv"), "volume_col": "file"},
                                     "tasks": [{"name": "y", "kind": "numerical"}]}))
+
+
+def test_truncated_volumes_found_from_header_and_length(tmp_path):
+    """An uncompressed .nii, a .nii.gz and a .npy cut short after a valid header are all refused
+    when the source is built; a gzip whose trailer disagrees but whose data is complete passes."""
+    data = np.random.default_rng(0).integers(0, 200, (10, 12, 9)).astype(np.uint8)
+    for name in ("a.nii", "a.nii.gz"):
+        path = write_nifti(tmp_path / name, data)
+        assert V.volume_header(str(path)) == (1, (10, 12, 9))
+        path.write_bytes(path.read_bytes()[:-50])
+        with pytest.raises(DataError, match=f"{name}: truncated volume"):
+            V.volume_header(str(path))
+    npy = tmp_path / "a.npy"
+    np.save(npy, data)
+    npy.write_bytes(npy.read_bytes()[:-50])
+    with pytest.raises(DataError, match="a.npy"):
+        V.volume_header(str(npy))
+    padded = write_nifti(tmp_path / "b.nii.gz", data)
+    import gzip
+
+    padded.write_bytes(gzip.compress(gzip.decompress(padded.read_bytes()) + b"\0" * 7))
+    assert V.volume_header(str(padded)) == (1, (10, 12, 9))
+
+
+def test_cli_truncated_volume_refused_before_the_run_directory_is_written(tmp_path, capsys):
+    """A truncated volume: exit 2, one line naming the file, no run directory; the corrected rerun
+    to the same --out needs no --overwrite."""
+    from sharewise.cli.main import main
+
+    path = make_study(tmp_path / "s", n=14)
+    victim = write_nifti(next((tmp_path / "s" / "t1").glob("IXI006-*")),  # noise: the header survives the cut
+                         np.random.default_rng(0).integers(0, 200, (10, 12, 9)).astype(np.uint8))
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) * 3 // 4])
+    out = tmp_path / "run"
+    argv = ["run", "--data", str(path), "--set", "data.source=volumes", "--id-col", "MRID",
+            "--set", "data.volume_pattern=t1/{id}-*_T1.nii.gz", "--set", "data.volume_shape=[8,8,8]",
+            "--cat-target", "Sex", "--num-target", "Age", "--backbone", "resnet3d",
+            "--set", "backbone.depth=10", "--set", "backbone.width=2", "--set", "train.max_steps=2",
+            "--epochs", "1", "--out", str(out), "--no-progress", "--set", "train.threads=1",
+            "--set", "train.batch_size=8", "--set", "output.tensorboard=false"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("sharewise: error")]
+    assert len(errors) == 1 and f"{victim.name}: truncated volume" in errors[0], err
+    victim.write_bytes(good)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "results.json").exists()
 
 
 def test_no_volume_at_all_and_shape_mismatch_errors(tmp_path):

@@ -32,8 +32,10 @@ settings, so an epoch never re-decodes a file and a changed file or setting is n
 
 Lost subjects are counted, never silently dropped: rows without a volume (no file matches, empty
 path cell) and rows without any known target are dropped with a warning; unreadable files (missing,
-corrupt, wrong dimensionality) raise a :class:`~sharewise.errors.DataError` naming the file, or,
-with ``skip_bad_volumes: true``, are dropped with a warning. The counts are in ``data.meta`` and
+corrupt, wrong dimensionality, or holding fewer bytes than the header promises: checked for every
+volume when the source is built, before a run writes anything) raise a
+:class:`~sharewise.errors.DataError` naming the file, or, with ``skip_bad_volumes: true``, are
+dropped with a warning. The counts are in ``data.meta`` and
 ``data_state.json`` (``volumes``).
 """
 
@@ -157,12 +159,14 @@ def volume_header(path: str, *, canonical: bool = True) -> tuple[int, tuple[int,
     """(channels, spatial shape after reorientation) from the header alone."""
     fmt = volume_format(path)
     try:
-        if fmt == "npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-            return _channels_first_shape(shape, path, channels_axis=0)
+        if fmt == "npy":  # the memory map checks that the file holds the array its header describes
+            stored = np.load(path, mmap_mode="r", allow_pickle=False)
+            _check_dtype(stored.dtype, path)
+            return _channels_first_shape(stored.shape, path, channels_axis=0)
         import nibabel as nib
 
         img = nib.load(path)
+        _check_nifti_size(img, path)
         shape = tuple(int(s) for s in img.shape)
         if canonical and len(shape) >= 3:
             ornt = nib.io_orientation(img.affine)
@@ -177,6 +181,54 @@ def volume_header(path: str, *, canonical: bool = True) -> tuple[int, tuple[int,
         raise DataError(f"volume file not found: {path}") from None
     except Exception as err:  # nibabel and numpy raise many types for damaged files
         raise DataError(f"{path}: cannot read the volume header ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _check_dtype(dtype: np.dtype, path: str) -> None:
+    if dtype.kind not in "biuf":
+        raise DataError(f"{path}: a volume needs numbers, got dtype {dtype}")
+
+
+def _check_nifti_size(img: Any, path: str) -> None:
+    """Raise unless the file holds the ``vox_offset + prod(shape) · itemsize`` bytes its header
+    promises (a truncated copy has a valid header). Uncompressed: the file size. Gzipped: the
+    trailer's length (mod 2³²) when it agrees, else the length found by decompressing, stopping
+    once enough bytes came out (a truncated file's trailer is noise)."""
+    proxy = img.dataobj
+    dtype = np.dtype(img.header.get_data_dtype())
+    _check_dtype(dtype, path)
+    offset = getattr(proxy, "offset", None)
+    if offset is None:
+        return
+    need = int(offset) + math.prod(int(s) for s in proxy.shape) * dtype.itemsize
+    have = _nifti_bytes(path, need)
+    if have < need:
+        raise DataError(f"{path}: truncated volume: {have} of the {need} bytes its header promises "
+                        f"(shape {list(proxy.shape)}, {dtype}); data.skip_bad_volumes: true skips such files")
+
+
+def _nifti_bytes(path: str, need: int) -> int:
+    """The file's data length (uncompressed), counted up to ``need``."""
+    if not path.lower().endswith(".gz"):
+        return os.path.getsize(path)
+    import gzip
+
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 18:
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == need % 2**32:
+                return need
+    have = 0
+    try:
+        with gzip.open(path, "rb") as g:
+            while have < need:
+                chunk = g.read(min(1 << 20, need - have))
+                if not chunk:
+                    break
+                have += len(chunk)
+    except EOFError:
+        pass  # gzip's "compressed file ended before the end-of-stream marker": what came out counts
+    return have
 
 
 def _channels_first_shape(shape: tuple[int, ...], path: str, *, channels_axis: int) -> tuple[int, tuple[int, int, int]]:
