@@ -539,3 +539,161 @@ def test_a_split_column_without_test_rows_runs_and_reports_no_test_examples(tmp_
     results = _json.loads((out / "results.json").read_text())
     assert results["tasks"]["y"]["test"]["n"] == 0 and results["tasks"]["y"]["val"]["n"] == 30
     assert results["flops"]["all_tasks"] > 0
+
+
+# ----------------------------------------------------------------- numbers in the config
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("train.epochs=true", "not a boolean"),  # YAML's true, which pydantic read as 1
+    ("train.procs=yes", "not a boolean"),
+    ("data.skip_rows=false", "not a boolean"),
+    ("split.seed=true", "not a boolean"),
+    ("train.exp_ids=[true]", "not a boolean"),
+    ("train.epochs=2.5", "whole number"),
+    ("optim.step_size=10.5", "whole number"),
+    ("train.epochs=1e23", "<= 1000000000"),  # YAML 1.1 reads 1e23 as text
+    ("train.epochs=1.0e+23", "<= 1000000000"),
+    ("train.max_steps=10000000000", "<= 1000000000"),
+    ("train.eval_every=2000000000", "<= 1000000000"),
+    ("train.batch_size=100000000", "<= 10000000"),
+    ("train.eval_batch_size=100000000", "<= 10000000"),
+    ("train.epochs=0", "train.max_steps"),  # an untrained model would be selected
+])
+def test_integer_keys_refuse_booleans_fractions_and_absurd_values(bad, finished, setting, words):
+    line = bad("--data", str(finished["data"]), "--cat-target", "sex", "--set", setting)
+    key = setting.split("=")[0]
+    assert f"'{key}" in line and words in line, line
+
+
+def test_zero_epochs_through_the_flag_names_the_flag(finished, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", "--data", str(finished["data"]), "--cat-target", "sex", "--out", str(out), "--epochs", "0"])
+    assert rc == 2 and not out.exists()
+    assert capsys.readouterr().err == ("sharewise: error: --epochs (train.epochs): must be >= 1 unless "
+                                       "train.max_steps is set (0 epochs would select an untrained model)\n")
+
+
+def test_integer_keys_in_a_config_file_and_the_api(tmp_path):
+    from sharewise.config import load_config, validate_config
+    from sharewise.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3.0\n  batch_size: 1e3\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 1000)
+    assert type(cfg.train.epochs) is int
+    assert load_config(overrides=["train.epochs=0", "train.max_steps=5"]).train.max_steps == 5
+    for raw in ({"train": {"epochs": True}}, {"train": {"threads": 1.5}}, {"train": {"gpus": [False]}},
+                {"data": {"max_categories": True}}, {"train": {"epochs": 10**10}}):
+        with pytest.raises(ConfigError, match=r"config key '(train|data)\."):
+            validate_config(raw)
+
+
+# ----------------------------------------------------------------- table content
+
+
+def test_duplicated_ids_name_the_column_and_an_id(bad, tmp_path):
+    frame = _good_frame()
+    frame.loc[7, "subject"] = frame.loc[3, "subject"]
+    frame.to_csv(tmp_path / "dups.csv", index=False)
+    line = bad("--data", "dups.csv", "--cat-target", "sex", "--id-col", "subject")
+    assert "dups.csv" in line and "id column 'subject'" in line and "'s003' on 2 rows" in line
+
+
+def test_duplicated_ids_across_the_test_file(bad, finished, tmp_path):
+    frame = _good_frame()
+    frame.iloc[:40].to_csv(tmp_path / "main.csv", index=False)
+    frame.iloc[[39, *range(40, 60)]].to_csv(tmp_path / "test.csv", index=False)
+    line = bad("--data", "main.csv", "--test-data", "test.csv", "--cat-target", "sex", "--id-col", "subject")
+    assert "id column 'subject'" in line and "'s039'" in line
+
+
+def _encode(frame: pd.DataFrame, kind: str, train_rows: int):
+    from sharewise.config import TaskSpec
+    from sharewise.data.table import encode_targets
+
+    spec = TaskSpec(name="y", kind=kind)
+    return encode_targets(frame, [spec], np.arange(train_rows), "t.csv")
+
+
+def test_constant_numerical_target_warns_naming_it():
+    frame = pd.DataFrame({"y": [5.0] * 20 + [4.0, 6.0]})
+    with pytest.warns(UserWarning, match=r"t.csv: numerical target 'y' is constant in the training split") as rec:
+        _encode(frame, "numerical", 20)
+    assert len(rec) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _encode(frame, "numerical", 22)  # varies: no warning
+
+
+def test_categorical_target_with_mostly_singleton_classes_warns_naming_it():
+    frame = pd.DataFrame({"y": ["a", "a", "b", "b", "c", "d", "e"]})
+    with pytest.warns(UserWarning, match=r"categorical target 'y': 3 of its 5 classes have fewer than 2") as rec:
+        _encode(frame, "categorical", 7)
+    assert len(rec) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _encode(pd.DataFrame({"y": ["a", "a", "b", "b", "c", "c", "d"]}), "categorical", 7)  # 1 of 4: fine
+
+
+def test_constant_target_is_one_warning_of_a_run(tmp_path):
+    frame = _good_frame()
+    frame["age"] = 50.0
+    frame.to_csv(tmp_path / "flat.csv", index=False)
+    with pytest.warns(UserWarning) as rec:
+        assert main(["run", "--data", str(tmp_path / "flat.csv"), "--cat-target", "sex", "--num-target", "age",
+                     "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert [str(w.message) for w in rec] == [
+        f"{tmp_path / 'flat.csv'}: numerical target 'age' is constant in the training split (every known value "
+        "is 50); there is nothing to learn for it"]
+
+
+# ----------------------------------------------------------------- predict
+
+
+def test_predict_refuses_an_unknown_output_format_before_reading_anything(finished, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["predict", str(finished["out"]), "--data", "not-there.csv", "--out", "p.xlsx"])
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0] == ("sharewise: error: --out p.xlsx: unsupported predictions format '.xlsx'; "
+                        "use .csv, .tsv or .parquet")
+    assert not (tmp_path / "p.xlsx").exists()
+    assert _snapshot(finished["out"]) == finished["files"]
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.tsv", "p.parquet", "P.TSV"])
+def test_predict_output_format_follows_the_extension(finished, tmp_path, name):
+    out = tmp_path / name
+    assert main(["predict", str(finished["out"]), "--data", str(finished["data"]), "--out", str(out)]) == 0
+    if name.lower().endswith(".parquet"):
+        pred = pd.read_parquet(out)
+    else:
+        pred = pd.read_csv(out, sep="\t" if name.lower().endswith(".tsv") else ",")
+    assert len(pred) == 60 and {"subject", "sex", "age", "sex:p[F]"} <= set(pred.columns)
+
+
+def test_predict_warns_once_per_column_about_unseen_levels(finished, tmp_path):
+    from sharewise.api import load_run
+
+    frame = _good_frame(10).drop(columns=["sex", "age"])
+    frame.loc[[1, 4, 6], "site"] = "zz"
+    frame.loc[8, "site"] = None  # missing is not a level
+    with pytest.warns(UserWarning) as rec:
+        load_run(finished["out"]).predict(frame, source="new.csv")
+    assert [str(w.message) for w in rec] == [
+        "new.csv: column 'site': 3 row(s) with levels not seen in training (e.g. 'zz'); encoded as unknown"]
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    with pytest.warns(UserWarning) as rec:
+        assert main(["predict", str(finished["out"]), "--data", str(tmp_path / "new.csv"),
+                     "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(rec) == 1 and "column 'site': 3 row(s) with levels not seen in training" in str(rec[0].message)
+
+
+def test_predict_on_known_levels_does_not_warn(finished):
+    from sharewise.api import load_run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_run(finished["out"]).predict(_good_frame(10).drop(columns=["sex", "age"]))

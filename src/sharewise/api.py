@@ -80,7 +80,8 @@ class Run:
     @torch.no_grad()
     def predict(self, frame: pd.DataFrame, *, source: str = "the data", batch_size: int = 1024) -> pd.DataFrame:
         """Per task the prediction in original units (class label or number) and, for
-        categorical tasks, one probability column per class (``<task>:p[<class>]``)."""
+        categorical tasks, one probability column per class (``<task>:p[<class>]``). Rows whose
+        category level was not seen in training encode it as unknown, with one warning per column."""
         from .data.encoders import FeatureEncoder
 
         self._load()
@@ -88,7 +89,7 @@ class Run:
         if state.get("kind") != "table" or not state.get("features"):
             raise DataError(f"{self.path}: predict needs a run trained on a table (this run's data is {state.get('source')})")
         encoder = FeatureEncoder.from_dict(state["features"])
-        x = torch.from_numpy(encoder.transform(frame, source=source))
+        x = torch.from_numpy(encoder.transform(frame, source=source, warn_unseen=True))
         shape = tuple(state["input_spec"]["shape"])
         x = x.reshape(len(x), *shape)
         outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in self.tasks}

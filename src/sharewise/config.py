@@ -3,20 +3,56 @@
 Sections: ``data``, ``tasks``, ``split``, ``backbone``, ``method``, ``optim``, ``train``,
 ``output``. ``backbone``, ``method`` and ``data`` carry plug-in keys that the chosen backbone,
 method or source validates with its own options model. Unknown keys and wrong types are
-:class:`~sharewise.errors.ConfigError` s naming the key.
+:class:`~sharewise.errors.ConfigError` s naming the key. Integer keys are :data:`Int`: whole numbers,
+never booleans, and bounded where a larger value can only be a typing mistake.
 """
 
 from __future__ import annotations
 
 import codecs
 import copy
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, close_matches
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer key's value: an int, or a number with no fractional part (``3.0`` and ``1e3`` are
+    3 and 1000); never a boolean (YAML reads ``true`` as one, which pydantic would take as 1) nor ``2.5``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not a boolean (got {str(value).lower()})")
+    if isinstance(value, str):  # YAML 1.1 reads 1e23 (no dot) as text
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return value  # pydantic's own message
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"must be a whole number (got {value!r})")
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+"""The type of every integer config key (see :func:`_whole_number`)."""
+
+MAX_STEPS = 10**9  # epochs, steps and evaluations beyond this are typing mistakes, not plans
+MAX_BATCH = 10**7
+
+
+def _key_error(key: str, problem: str) -> PydanticCustomError:
+    """An error of a model validator that belongs to one of its keys (``_first_error`` names it)."""
+    return PydanticCustomError("key_problem", "{problem}", {"key": key, "problem": problem})
 
 
 class _Strict(BaseModel):
@@ -81,8 +117,8 @@ class DataConfig(_Open):
     columns: list[str] | None = None
     sep: str | None = None
     encoding: str = "utf-8"  # text encoding of CSV/TSV files (and data.join tables), e.g. latin-1
-    skip_rows: int = Field(0, ge=0)  # lines to skip before the header/data
-    test_skip_rows: int | None = Field(None, ge=0)  # the same for test_path (default: skip_rows)
+    skip_rows: Int = Field(0, ge=0)  # lines to skip before the header/data
+    test_skip_rows: Int | None = Field(None, ge=0)  # the same for test_path (default: skip_rows)
     na_values: list[str] = Field(default_factory=list)
     value_map: dict[str, dict[str, Any]] = Field(default_factory=dict)
     features: list[str] | None = None
@@ -90,7 +126,7 @@ class DataConfig(_Open):
     id_col: str | None = None
     split_col: str | None = None
     group_col: str | None = None
-    max_categories: int = Field(64, ge=1)
+    max_categories: Int = Field(64, ge=1)
     join: list[JoinSpec] = Field(default_factory=list)  # one mapping or a list (data/join.py)
 
     @field_validator("encoding")
@@ -118,7 +154,7 @@ class DataConfig(_Open):
 
 class SplitConfig(_Strict):
     ratios: list[float] | None = None  # train/val/test; None: the source's default (tables 0.7/0.15/0.15)
-    seed: int | None = None  # default: train.seed
+    seed: Int | None = None  # default: train.seed
     stratify: bool = True
     train2_fraction: float = Field(0.5, gt=0, lt=1)
 
@@ -139,33 +175,40 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0)
     schedule: Literal["none", "step", "cosine"] = "none"
-    step_size: int = Field(1000, gt=0)  # iterations, for schedule: step
+    step_size: Int = Field(1000, gt=0, le=MAX_STEPS)  # iterations, for schedule: step
     gamma: float = Field(0.5, gt=0)
     grad_clip: float | None = Field(None, gt=0)
 
 
 class TrainConfig(_Strict):
-    seed: int = 0
-    epochs: int = Field(20, ge=0)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    patience: int | None = Field(None, ge=1)  # early stopping, in evaluations
-    eval_every: int | None = Field(None, ge=1)  # steps; default: once per epoch
+    seed: Int = 0
+    epochs: Int = Field(20, ge=0, le=MAX_STEPS)  # 0 only with max_steps
+    max_steps: Int | None = Field(None, ge=1, le=MAX_STEPS)
+    batch_size: Int = Field(64, ge=1, le=MAX_BATCH)
+    eval_batch_size: Int = Field(512, ge=1, le=MAX_BATCH)
+    patience: Int | None = Field(None, ge=1, le=MAX_STEPS)  # early stopping, in evaluations
+    eval_every: Int | None = Field(None, ge=1, le=MAX_STEPS)  # steps; default: once per epoch
     checkpoint_every_s: float = Field(120.0, gt=0)  # a kill loses at most this much work
-    log_every: int = Field(20, ge=1)  # steps between training-loss records in metrics.jsonl
-    exp_ids: list[int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
-    gpus: list[int] = Field(default_factory=list)
-    procs: int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
+    log_every: Int = Field(20, ge=1, le=MAX_STEPS)  # steps between training-loss records in metrics.jsonl
+    exp_ids: list[Int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
+    gpus: list[Int] = Field(default_factory=list)
+    procs: Int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
     sync_bn: bool = False  # SyncBatchNorm across processes (NCCL only; gloo on CPU keeps per-rank statistics)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for forward passes (fp16 needs CUDA)
-    workers: int = Field(0, ge=0)  # threads building the next training batches ahead (same batches, same order)
-    threads: int | None = Field(None, ge=1)
+    workers: Int = Field(0, ge=0)  # threads building the next training batches ahead (same batches, same order)
+    threads: Int | None = Field(None, ge=1)
     # glibc malloc keeps freed memory for the next step (engine.device; process-wide): true always, false
     # never, null the entry point's default (the CLI: yes; the Python API leaves its host's allocator alone)
     keep_host_memory: bool | None = None
     progress: bool = True
     deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _trains_at_all(self) -> TrainConfig:
+        if self.epochs == 0 and self.max_steps is None:
+            raise _key_error("epochs", "must be >= 1 unless train.max_steps is set (0 epochs would select "
+                                       "an untrained model)")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -216,7 +259,10 @@ _BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
 def _first_error(err: ValidationError, prefix: str = "") -> tuple[str, str]:
     """The first error's dotted key and what is wrong with its value (``must be >= 1 (got 0)``)."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    parts = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    if first["type"] == "key_problem":
+        parts.append(first["ctx"]["key"])
+    loc = ".".join(parts)
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
     bound = _BOUNDS.get(first["type"])
     if bound and bound[0] in first.get("ctx", {}):

@@ -113,13 +113,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICTION_FORMATS = (".csv", ".tsv", ".parquet")  # predict --out: the format follows the extension
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..api import Run
     from ..data.table import read_table
     from ..files import atomic_write_bytes
-    from ..errors import RunDirError
+    from ..errors import RunDirError, UsageError
 
     out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in PREDICTION_FORMATS:
+        raise UsageError(f"--out {out}: unsupported predictions format {suffix or '(no extension)'!r}; "
+                         f"use {', '.join(PREDICTION_FORMATS[:-1])} or {PREDICTION_FORMATS[-1]}")
     if out.exists() and not args.overwrite:
         raise RunDirError(f"{out} exists; use --overwrite to replace it")
     run = Run(args.run_dir)
@@ -130,7 +137,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         data_cfg.skip_rows = data_cfg.test_skip_rows if data_cfg.test_skip_rows is not None else data_cfg.skip_rows
     frame = read_table(args.data, data_cfg)
     predictions = run.predict(frame, source=str(args.data))
-    suffix = out.suffix.lower()
     if suffix == ".parquet":
         import io
 

@@ -65,7 +65,10 @@ class FeatureEncoder:
                 names.extend(f"{c}={v}" for v in self.categorical[c])
         return names
 
-    def transform(self, frame: pd.DataFrame, *, source: str = "the data") -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, *, source: str = "the data", warn_unseen: bool = False) -> np.ndarray:
+        """The encoded features, ``(rows, out_features)``. With ``warn_unseen`` (new rows, as in
+        ``predict``) one warning per categorical column counts the rows whose level is not among
+        the training categories (they encode as all zeros, i.e. unknown)."""
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise DataError(f"{source}: missing feature column(s) {missing}")
@@ -82,13 +85,20 @@ class FeatureEncoder:
                 parts.append(np.nan_to_num(z, nan=0.0)[:, None])
             else:
                 cats = self.categorical[c]
-                as_str = col.astype(str).where(col.notna(), None).to_numpy()
+                known = col.notna().to_numpy()
+                as_str = col.astype(str).where(known, None).to_numpy()
                 onehot = np.zeros((len(frame), len(cats)), dtype=np.float32)
                 lookup = {v: k for k, v in enumerate(cats)}
+                unseen: list[str] = []
                 for i, v in enumerate(as_str):
                     k = lookup.get(v)
                     if k is not None:
                         onehot[i, k] = 1.0
+                    elif known[i]:
+                        unseen.append(v)
+                if warn_unseen and unseen:
+                    warnings.warn(f"{source}: column {c!r}: {len(unseen)} row(s) with levels not seen in training "
+                                  f"(e.g. {unseen[0]!r}); encoded as unknown")
                 parts.append(onehot)
         if not parts:
             return np.zeros((len(frame), 0), dtype=np.float32)

@@ -316,6 +316,9 @@ def encode_targets(
             if len(tr) == 0:
                 raise DataError(f"{source}: numerical target {s.name!r} has no known value in the training split")
             mean, std = float(tr.mean()), float(tr.std())
+            if std == 0:
+                warnings.warn(f"{source}: numerical target {s.name!r} is constant in the training split "
+                              f"(every known value is {_plain(tr[0])!r}); there is nothing to learn for it")
             std = std if std > 0 else 1.0
             task = Task(s.name, "numerical", loss=s.loss, weight=s.weight, mean=mean, std=std)
             y = torch.tensor(np.where(known, (vals - mean) / std, 0.0), dtype=torch.float32)
@@ -329,6 +332,12 @@ def encode_targets(
                     f"{source}: categorical target {s.name!r} has {len(classes)} class(es) in the training split "
                     f"({classes}); a classifier needs at least 2"
                 )
+            counts = train_vals.value_counts()
+            rare = [c for c in classes if counts[c] < 2]
+            if 2 * len(rare) > len(classes):
+                warnings.warn(f"{source}: categorical target {s.name!r}: {len(rare)} of its {len(classes)} classes "
+                              f"have fewer than 2 training examples (e.g. {_plain(rare[0])!r}); too few to learn "
+                              "or to validate them")
             lookup = {c: i for i, c in enumerate(classes)}
             codes = np.array([lookup.get(v, -1) if k else -1 for v, k in zip(col.tolist(), known_all)])
             unseen = known_all & (codes < 0)
@@ -359,6 +368,16 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
+
+
+def check_unique_ids(ids: pd.Series, id_col: str, source: str) -> None:
+    """Every known id names one row (rows of the main and the test table together)."""
+    known = ids.dropna()
+    repeated = known[known.duplicated(keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        raise DataError(f"{source}: id column {id_col!r} has duplicated ids ({repeated.nunique()} id(s) on more "
+                        f"than one row, e.g. {_plain(first)!r} on {int((known == first).sum())} rows)")
 
 
 def check_targets_present(raw: pd.DataFrame, specs: Sequence[TaskSpec], source: str) -> np.ndarray:
@@ -422,6 +441,8 @@ def prepare_table(
         n_main = len(frame)
         full = frame.reset_index(drop=True)
 
+    if d.id_col:
+        check_unique_ids(full[d.id_col], d.id_col, source)
     keep = check_targets_present(full, specs, source)
     dropped = int((~keep).sum())
     if dropped:
