@@ -127,3 +127,55 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     assert load_checkpoint(out / "checkpoints" / "train" / "last.pt")["state"]["step"] >= 5
+
+
+def _metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_metrics_have_no_duplicate_rows_after_a_resume(tmp_path, monkeypatch, how):
+    """A run stopped after a checkpoint (``kill``: an exception mid-epoch, after rows the checkpoint
+    does not cover; ``ctrl-c``: the engine's stop flag, which saves) and resumed has each
+    (phase, step, split) row once, with the values of an uninterrupted run."""
+    from sharewise.engine import trainer as trainer_mod
+
+    def cfg(out):
+        return validate_config({"backbone": {"width": 8, "depth": 1},
+                                "train": {"epochs": 3, "progress": False, "batch_size": 32, "threads": 1,
+                                          "log_every": 1, "checkpoint_every_s": 1000},
+                                "output": {"dir": str(out), "tensorboard": False}})
+
+    train(prepare(cfg(tmp_path / "ref")))
+    steps_per_epoch = json.loads((tmp_path / "ref" / "selection.json").read_text())["phases"][0]["steps"] // 3
+    stop_at = steps_per_epoch + 3  # inside the second epoch; the last checkpoint is the first epoch's end
+    original = trainer_mod.Trainer._optimizer_step
+
+    class Killed(Exception):
+        pass
+
+    def stop(self, phase, stretch, state, *a, **k):
+        result = original(self, phase, stretch, state, *a, **k)
+        if state.step == stop_at:
+            if how == "kill":
+                raise Killed
+            self._stop = True
+        return result
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", stop)
+    with pytest.raises(Killed if how == "kill" else trainer_mod.Interrupted):
+        train(prepare(cfg(out)))
+    monkeypatch.setattr(trainer_mod.Trainer, "_optimizer_step", original)
+    assert max(r["step"] for r in _metric_rows(out)) > steps_per_epoch  # rows past the last checkpoint
+    train(prepare(cfg(out)), resume=True)
+
+    def keyed(rows):
+        return {(r["phase"], r["step"], r["split"]): {k: v for k, v in r.items() if k != "time"}
+                for r in rows if "split" in r}
+
+    rows = _metric_rows(out)
+    keys = [(r["phase"], r["step"], r["split"]) for r in rows if "split" in r]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    assert keyed(rows) == keyed(_metric_rows(tmp_path / "ref"))
+    assert [r["event"] for r in rows if "event" in r] == ["resumed"]

@@ -252,3 +252,134 @@ def test_remove_stale_temporaries_matches_atomic_write(tmp_path):
     (tmp_path / "a" / ".x.json.tmp").write_text("")
     assert files.remove_stale_temporaries(tmp_path) == [killed]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".x.json.tmp", "x.json"]
+
+
+def _config_value(run_dir: Path, section: str, key: str):
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())[section][key]
+
+
+def test_resume_with_a_changed_config_is_refused_and_keeps_config_yaml(finished, run_copy, capsys):
+    before = _contents(run_copy)
+    flags = [f for f in finished["flags"]]
+    flags[flags.index("--epochs") + 1] = "3"
+    line = _one_error_line(capsys, "train", "--out", str(run_copy), *flags, "--set", "optim.lr=0.5", "--resume")
+    assert line.startswith(f"sharewise: error: --resume: the config differs from the run's in {run_copy} "), line
+    assert "train.epochs: 1 -> 3" in line and "optim.lr: " in line and "-> 0.5" in line, line
+    assert line.endswith("rerun without --resume, or pass --allow-changed optim.lr train.epochs"), line
+    assert _contents(run_copy) == before
+    # one key allowed is not enough; both are, and config.yaml then says what the run was resumed with
+    line = _one_error_line(capsys, "train", "--out", str(run_copy), *flags, "--set", "optim.lr=0.5", "--resume",
+                           "--allow-changed", "train.epochs")
+    assert "optim.lr" in line and "train.epochs" not in line.split("(")[1], line
+    assert _contents(run_copy) == before
+    assert main(["train", "--out", str(run_copy), *flags, "--set", "optim.lr=0.5", "--resume",
+                 "--allow-changed", "train.epochs", "optim.lr"]) == 0
+    assert _config_value(run_copy, "train", "epochs") == 3 and _config_value(run_copy, "optim", "lr") == 0.5
+
+
+def test_resume_with_the_same_config_keeps_config_yaml(finished, run_copy):
+    config = (run_copy / "config.yaml").read_bytes()
+    # how the run is watched may change on --resume (train.threads, train.log_every, ...)
+    assert main(["train", "--out", str(run_copy), *finished["flags"], "--set", "train.log_every=3", "--resume"]) == 0
+    assert (run_copy / "config.yaml").read_bytes() == config
+
+
+def test_resume_on_data_whose_split_differs_is_refused(finished, run_copy, capsys):
+    split = run_copy / "split.csv"
+    lines = split.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    old_split = row[header.index("split")]
+    row[header.index("split")] = "val" if old_split != "val" else "train"
+    lines[1] = ",".join(row)
+    split.write_text("\n".join(lines) + "\n")  # as if the data the run started on were another
+    before = _contents(run_copy)
+    line = _one_error_line(capsys, "train", "--out", str(run_copy), *finished["flags"], "--resume")
+    assert line.startswith(f"sharewise: error: --resume: the data's split differs from the run's in {split} "
+                           f"(1 examples, e.g. id {row[header.index('id')]!r}: {row[header.index('split')]}"), line
+    assert _contents(run_copy) == before
+
+
+def test_data_state_records_a_fingerprint_of_the_data(finished):
+    import hashlib
+    import json
+
+    state = json.loads((finished["out"] / "data_state.json").read_text())
+    fingerprint = state["data_fingerprint"]
+    assert fingerprint["split_sha256"] == hashlib.sha256((finished["out"] / "split.csv").read_bytes()).hexdigest()
+    (entry,) = fingerprint["files"]
+    assert entry["path"].endswith("people.csv") and entry["bytes"] > 0
+
+
+def test_allow_changed_needs_resume(finished, tmp_path, capsys):
+    line = _one_error_line(capsys, "train", "--out", str(tmp_path / "new"), *finished["flags"],
+                           "--allow-changed", "train.epochs")
+    assert line == "sharewise: error: --allow-changed: only with --resume (it names config keys a resumed run may change)"
+    assert not (tmp_path / "new").exists()
+
+
+_HOLDER = """
+import fcntl, os, sys
+with open(os.path.join(sys.argv[1], ".lock"), "a+") as fh:  # what a running command holds
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write(f"{os.getpid()}\\n")
+    fh.flush()
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _hold_lock(run_dir: Path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("command", [["train", "--overwrite"], ["train", "--resume"], ["test", "--overwrite"],
+                                     ["run", "--overwrite"]])
+def test_a_second_writer_of_a_run_directory_is_refused(finished, run_copy, capsys, command):
+    """Another command holds the run directory's lock: a writer is refused with one line naming the
+    directory and the holder's pid, and the holder's files are untouched; a SIGKILLed holder leaves
+    no stale lock."""
+    import signal
+
+    holder = _hold_lock(run_copy)
+    try:
+        before = _contents(run_copy)
+        line = _one_error_line(capsys, command[0], "--out", str(run_copy), *finished["flags"], *command[1:])
+        assert line == (f"sharewise: error: run directory {run_copy} is in use by another sharewise command "
+                        f"(process {holder.pid}); wait for it to finish or use another --out"), line
+        assert _contents(run_copy) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
+    assert main(["test", "--out", str(run_copy), *finished["flags"], "--overwrite"]) == 0
+    assert (run_copy / "results.json").exists() and not (run_copy / ".lock").exists()
+
+
+def test_the_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_path):
+    import fcntl
+
+    from sharewise.engine.runner import run_dir_lock
+
+    out = tmp_path / "new" / "run"
+    with run_dir_lock(out):
+        with run_dir_lock(out):  # run: train then test, one hold
+            assert (out / ".lock").read_text().strip() == str(os.getpid())
+        with open(out / ".lock") as other, pytest.raises(BlockingIOError):  # another open file description
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not out.exists()  # created for the lock, nothing written: removed again
+    out.mkdir(parents=True)
+    with open(out / ".lock", "w") as other:  # a foreign holder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunDirError, match=f"run directory {out} is in use"):
+            with run_dir_lock(out):
+                pass

@@ -41,6 +41,16 @@ def _ctx(args: argparse.Namespace, cfg=None):
                    keep_host_memory_default=True)
 
 
+def _allowed_changes(args: argparse.Namespace) -> list[str]:
+    """``--allow-changed KEY ...``: only meaningful with ``--resume``."""
+    from ..errors import UsageError
+
+    keys = list(getattr(args, "allow_changed", None) or [])
+    if keys and not args.resume:
+        raise UsageError("--allow-changed: only with --resume (it names config keys a resumed run may change)")
+    return keys
+
+
 def _print_results(results: dict) -> None:
     for name, t in results["tasks"].items():
         metric = t["primary_metric"]
@@ -60,8 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """The method's first stage (all of it for single-stage methods; AdaShare: warm-up and search)."""
     from ..engine.runner import train
 
+    allowed = _allowed_changes(args)
     ctx = _ctx(args)
-    sel = train(ctx, overwrite=args.overwrite, resume=args.resume, stage=ctx.method.stages[0])
+    sel = train(ctx, overwrite=args.overwrite, resume=args.resume, stage=ctx.method.stages[0], allow_changed=allowed)
     _print_selection(ctx, sel, "trained")
     return 0
 
@@ -69,8 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ..engine.runner import retrain
 
+    allowed = _allowed_changes(args)
     ctx = _ctx(args)
-    sel = retrain(ctx, overwrite=args.overwrite, resume=args.resume)
+    sel = retrain(ctx, overwrite=args.overwrite, resume=args.resume, allow_changed=allowed)
     _print_selection(ctx, sel, "re-trained")
     return 0
 
@@ -88,10 +100,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..engine.runner import run, run_seeds
 
+    allowed = _allowed_changes(args)
     if args.seeds:
         cfg = config_from_args(args)
         summary = run_seeds(cfg, args.seeds, make_context=lambda c: _ctx(args, c), overwrite=args.overwrite,
-                            resume=args.resume)
+                            resume=args.resume, allow_changed=allowed)
         print(f"sharewise: {len(args.seeds)} seeds in {cfg.run_dir()} (seeds.md, seeds.json)")
         for task, metrics in summary["tasks"].items():
             m = metrics["primary_metric"]
@@ -99,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {task:<20} test {m} = {v['mean']:.4f} ± {v['sd']:.4f} (n = {v['n']})")
         return 0
     ctx = _ctx(args)
-    results = run(ctx, overwrite=args.overwrite, resume=args.resume)
+    results = run(ctx, overwrite=args.overwrite, resume=args.resume, allow_changed=allowed)
     print(f"sharewise: finished {ctx.cfg.method.name} in {ctx.run_dir} (report.md, results.json)")
     _print_results(results)
     return 0

@@ -127,6 +127,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="candidates to re-train/test (train.exp_ids), e.g. AdaShare architectures 0 1 2 or argmax")
     p.add_argument("--overwrite", action="store_true", help="replace this command's earlier outputs in the run directory")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument(*_alias("--allow-changed"), dest="allow_changed", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys (or sections) that may differ from the run's config.yaml, "
+                        "e.g. train.epochs; config.yaml is then updated")
     p.add_argument("--reference", metavar="RUN_DIR|JSON",
                    help="single-task references for Δ_MTL: an `independent` run directory or a JSON of per-task metrics")
     p.add_argument("--seeds", nargs="+", type=_integer, metavar="SEED",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from .distributed import is_main
 
 
@@ -44,6 +45,35 @@ class MetricsLogger:
             for k, v in clean.items():
                 if v is not None:
                     tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def drop_after(self, phase: str, step: int, since: float) -> int:
+        """Remove the rows a resumed phase will write again: rows of ``phase`` past ``step`` (the
+        checkpoint's), and rows at ``step`` itself logged after ``since`` (the checkpoint's time).
+        ``metrics.jsonl`` is rewritten atomically with every other row as it was (a line cut by a
+        kill at its end is dropped); returns the number of rows removed."""
+        if self._fh is None:
+            return 0
+        since = round(since, 3)  # as the rows' times are: a row logged before the checkpoint is never later
+        path = self.run_dir / "metrics.jsonl"
+        self._fh.close()
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept, dropped = [], 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    kept.append(line)
+                continue
+            if isinstance(record, dict) and record.get("phase") == phase and "event" not in record and (
+                    record.get("step", 0) > step or (record.get("step") == step and record.get("time", 0) > since)):
+                dropped += 1
+                continue
+            kept.append(line)
+        if dropped or len(kept) != len(lines):
+            atomic_write_text(path, "".join(kept))
+        self._fh = path.open("a", encoding="utf-8")
+        return dropped
 
     def close(self) -> None:
         if self._fh is not None:

@@ -7,15 +7,19 @@ is validated before the run directory is touched, so a bad file never overwrites
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
-import io
 import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +190,105 @@ def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> Ru
                       task_list=tasks, input_spec=spec)
 
 
+LOCK_NAME = ".lock"
+_held_locks: dict[Path, list[Any]] = {}  # resolved run directory -> [open lock file, depth] in this process
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
+    """Create ``run_dir`` and take the non-blocking ``flock`` on ``run_dir/.lock`` (our pid
+    written into it); None where the directory cannot be written (the command's first write then
+    fails with its own one-line error). A lock file removed by its holder between our open and our
+    lock is opened again, so two processes never hold locks on different files of the same name.
+    Also returns whether the directory was created here."""
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        mapped = write_failure(err, err.filename or run_dir)
+        if mapped is None:
+            raise
+        raise mapped from err
+    path = run_dir / LOCK_NAME
+    while True:
+        try:
+            fh = open(path, "a+")  # noqa: SIM115 (held for the whole command)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None, created
+            raise
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RunDirError(f"run directory {run_dir} is in use by another sharewise command ({_lock_holder(path)}); "
+                              "wait for it to finish or use another --out") from None
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh, created
+
+
+def _release_lock(fh: Any, run_dir: Path, created: bool) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(run_dir / LOCK_NAME)  # still ours: removed before the lock is let go
+    fh.close()
+    if created:  # a command refused before writing anything leaves no empty directory behind
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock for a command that writes it (re-entrant in one process:
+    ``run`` holds it across ``train`` and ``test``). Only rank 0 takes it (the other ranks are the
+    same command) and tells the others whether it got it. The lock dies with its process, so a
+    killed command leaves no stale lock; a second writer is refused with one line naming the holder."""
+    key = Path(os.path.abspath(run_dir))
+    held = _held_locks.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    fh, created, refusal = None, False, None
+    if D.is_main():
+        try:
+            fh, created = _acquire_lock(Path(run_dir))
+        except RunDirError as err:
+            refusal = err
+    if D.is_distributed():
+        message = D.broadcast_object(None if refusal is None else str(refusal))
+        if message is not None and refusal is None:
+            refusal = RunDirError(message)
+    if refusal is not None:
+        raise refusal
+    _held_locks[key] = [fh, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        if fh is not None:
+            _release_lock(fh, Path(run_dir), created)
+
+
 def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
     """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
 
@@ -224,13 +327,96 @@ TRAIN_OUTPUTS = ["checkpoints", "selection.json", "metrics.jsonl", "tensorboard"
 TEST_OUTPUTS = ["results.json", "report.md"]
 
 
-def write_split_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _split_csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_split_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, _split_csv_text(rows))
+
+
+def data_fingerprint(cfg: Config, split_text: str) -> dict[str, Any]:
+    """What ``data_state.json`` records of the data a run was started on: the hash of its split
+    table (``split.csv``) and the data files' paths, sizes and modification times."""
+    files = []
+    for p in (cfg.data.model_dump().get("path"), cfg.data.model_dump().get("test_path")):
+        if isinstance(p, str) and os.path.isfile(p):
+            st = os.stat(p)
+            files.append({"path": os.path.abspath(p), "bytes": st.st_size, "mtime": st.st_mtime})
+    return {"split_sha256": hashlib.sha256(split_text.encode()).hexdigest(), "files": files}
+
+
+# config keys that may differ on --resume without --allow-changed: how the run is watched or
+# spread over processes, where its directory is named from, never what it computes
+RESUME_MAY_DIFFER = ("train.progress", "train.threads", "train.workers", "train.checkpoint_every_s", "train.log_every",
+                     "train.keep_host_memory", "train.gpus", "train.procs", "train.exp_ids", "output")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _covered(key: str, names: Sequence[str]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_resume(ctx: RunContext, allow_changed: Sequence[str] = ()) -> bool:
+    """Refuse ``--resume`` when the resolved config differs from the run's ``config.yaml`` (keys
+    outside :data:`RESUME_MAY_DIFFER` and ``allow_changed``) or the split of any example differs
+    from its ``split.csv``. True when keys named in ``allow_changed`` differ: ``config.yaml`` is then
+    rewritten; otherwise the run's own stays as it is."""
+    from ..config import read_yaml, validate_config
+
+    run_dir = ctx.run_dir
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return True
+    raw = read_yaml(saved_path)
+    try:
+        saved = validate_config(raw).to_yaml_dict()
+    except ConfigError:
+        saved = raw if isinstance(raw, dict) else {}
+    old, new = _flat(saved), _flat(ctx.cfg.to_yaml_dict())
+    changed = [k for k in [*new, *(k for k in old if k not in new)]
+               if old.get(k) != new.get(k) and not _covered(k, RESUME_MAY_DIFFER)]
+    refused = [k for k in changed if not _covered(k, allow_changed)]
+    if refused:
+        detail = ", ".join(f"{k}: {_shown(old.get(k))} -> {_shown(new.get(k))}" for k in refused)
+        raise ConfigError(f"--resume: the config differs from the run's in {run_dir} ({detail}); rerun without "
+                          f"--resume, or pass --allow-changed {' '.join(refused)}")
+    split_path = run_dir / "split.csv"
+    if split_path.exists():
+        saved_rows = list(csv.DictReader(io.StringIO(split_path.read_text())))
+        new_rows = list(csv.DictReader(io.StringIO(_split_csv_text(ctx.data.split_table()))))
+
+        def by_example(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
+            return {(r.get("task", ""), r["id"]): f"{r['split']}{'/' + r['subsplit'] if r.get('subsplit') else ''}"
+                    for r in rows}
+
+        before, after = by_example(saved_rows), by_example(new_rows)
+        moved = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+        if moved:
+            task, ident = moved[0]
+            example = f"id {ident!r}{f' of task {task!r}' if task else ''}: {before.get(moved[0], 'absent')} -> " \
+                      f"{after.get(moved[0], 'absent')}"
+            raise ConfigError(f"--resume: the data's split differs from the run's in {split_path} ({len(moved)} "
+                              f"examples, e.g. {example}); the data or its split changed: rerun without --resume")
+    return bool(changed)
 
 
 def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger,
@@ -243,13 +429,22 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
                    workers=cfg.train.workers)
 
 
-def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None) -> dict[str, Any]:
-    """Train the method's candidates and select one on validation (never test).
+def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None,
+          allow_changed: Sequence[str] = ()) -> dict[str, Any]:
+    """Train the method's candidates and select one on validation (never test), holding the run
+    directory's lock.
 
     ``stage`` (one of ``method.stages``; None: all) runs a part of a multi-stage method: the first
     stage starts the run directory; a later one (``sharewise retrain``) adds candidates, each in
     its own sub-directory, to a run whose first stage is done, and selects again among all the
-    candidates trained so far."""
+    candidates trained so far. With ``resume``, the first stage refuses a config or split that
+    differs from the run's (:func:`check_resume`; ``allow_changed`` names keys that may)."""
+    with run_dir_lock(ctx.run_dir):
+        return _train(ctx, overwrite=overwrite, resume=resume, stage=stage, allow_changed=allow_changed)
+
+
+def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
+           allow_changed: Sequence[str]) -> dict[str, Any]:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     stages = ctx.method.stages
     if stage is not None and stage not in stages:
@@ -259,18 +454,24 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
         if not (run_dir / "checkpoints").exists():
             raise RunDirError(f"{run_dir}: nothing trained yet; run `sharewise train` first")
         run_dir.mkdir(parents=True, exist_ok=True)
-    else:
+    write_config = True
+    if first and resume and not overwrite:  # before anything in the run directory is touched
+        write_config = check_resume(ctx, allow_changed)
+    if first:
         claim_run_dir(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS, overwrite=overwrite,
                       resume=resume)
     if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
     if first and D.is_main():
-        save_config(cfg, run_dir / "config.yaml")
-        write_split_csv(run_dir / "split.csv", ctx.data.split_table())
+        if write_config:
+            save_config(cfg, run_dir / "config.yaml")
+        split_text = _split_csv_text(ctx.data.split_table())
+        atomic_write_text(run_dir / "split.csv", split_text)
         atomic_write_json(run_dir / "data_state.json", {
             "source": ctx.data.meta.get("source"), "shape": ctx.data.shape,
             "input_spec": ctx.data.input_spec.to_dict(), "tasks": [t.to_dict() for t in ctx.tasks],
-            **ctx.loaded.state})  # the tasks, for every source: the model can be rebuilt from the run alone
+            **ctx.loaded.state,  # the tasks, for every source: the model can be rebuilt from the run alone
+            "data_fingerprint": data_fingerprint(cfg, split_text)})
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
 
     def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume,
@@ -327,9 +528,10 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
     return selection
 
 
-def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False,
+            allow_changed: Sequence[str] = ()) -> dict[str, Any]:
     """The ``retrain`` stage of a multi-stage method (``sharewise retrain --exp-ids ...``)."""
-    return train(ctx, overwrite=overwrite, resume=resume, stage="retrain")
+    return train(ctx, overwrite=overwrite, resume=resume, stage="retrain", allow_changed=allow_changed)
 
 
 def read_selection(run_dir: Path) -> dict[str, Any]:
@@ -354,7 +556,13 @@ def load_candidate(ctx: RunContext, entry: dict[str, Any]) -> tuple[MultiTaskMod
 
 def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate every candidate's selected checkpoint on the test split once; write ``results.json``
-    from the candidate chosen on validation (with mean ± sd over candidates when there are several)."""
+    from the candidate chosen on validation (with mean ± sd over candidates when there are several);
+    holds the run directory's lock."""
+    with run_dir_lock(ctx.run_dir):
+        return _test(ctx, overwrite=overwrite)
+
+
+def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
     # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
     # a checkpoint that does not load leaves the earlier results in place
     claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
@@ -441,33 +649,42 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
     }
 
 
-def run(ctx: RunContext, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """``train`` then ``test`` then ``report.md``."""
+def run(ctx: RunContext, *, overwrite: bool = False, resume: bool = False,
+        allow_changed: Sequence[str] = ()) -> dict[str, Any]:
+    """``train`` then ``test`` then ``report.md``, under one hold of the run directory's lock."""
     from ..report import write_report
 
-    train(ctx, overwrite=overwrite, resume=resume)
-    results = test(ctx, overwrite=True)
-    if D.is_main():
-        write_report(ctx.run_dir)
+    with run_dir_lock(ctx.run_dir):
+        train(ctx, overwrite=overwrite, resume=resume, allow_changed=allow_changed)
+        results = test(ctx, overwrite=True)
+        if D.is_main():
+            write_report(ctx.run_dir)
     return results
 
 
 def run_seeds(cfg: Config, seeds: list[int], *, make_context, overwrite: bool = False,
-              resume: bool = False) -> dict[str, Any]:
+              resume: bool = False, allow_changed: Sequence[str] = ()) -> dict[str, Any]:
     """The same experiment once per seed in ``<run>/seed_<s>/``; writes ``seeds.json`` and
     ``seeds.md`` with mean ± sample sd (n stated) of every validation and test metric."""
-    from ..metrics import mean_sd
-    from ..report.markdown import write_seed_summary
-
     base = cfg.run_dir()
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: repeated seed in {seeds}")
+    with run_dir_lock(base):  # seeds.json and seeds.md; each seed's run holds its own directory's lock
+        return _run_seeds(cfg, seeds, base, make_context=make_context, overwrite=overwrite, resume=resume,
+                          allow_changed=allow_changed)
+
+
+def _run_seeds(cfg: Config, seeds: list[int], base: Path, *, make_context, overwrite: bool, resume: bool,
+               allow_changed: Sequence[str]) -> dict[str, Any]:
+    from ..metrics import mean_sd
+    from ..report.markdown import write_seed_summary
+
     per_seed = {}
     for seed in seeds:
         c = cfg.model_copy(deep=True)
         c.train.seed = seed
         c.output.dir = str(base / f"seed_{seed}")
-        per_seed[seed] = run(make_context(c), overwrite=overwrite, resume=resume)
+        per_seed[seed] = run(make_context(c), overwrite=overwrite, resume=resume, allow_changed=allow_changed)
     first = per_seed[seeds[0]]
     tasks = {}
     for name, t in first["tasks"].items():

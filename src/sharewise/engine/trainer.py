@@ -140,6 +140,7 @@ class Trainer:
             "phase": phase.name,
             "rng": global_rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
+            "saved_at": time.time(),  # rows of metrics.jsonl logged after it are dropped on resume
         })
 
     def _kept_checkpoint(self, phase: Phase) -> str:
@@ -187,6 +188,8 @@ class Trainer:
                 best_model_state = load_checkpoint(best_path)["model"]
             print(f"sharewise: resumed phase {phase.name!r} from {last_path} "
                   f"(cycle {state.cycle}, step {state.step})", file=sys.stderr)
+            # the rows logged after this checkpoint are logged again from here: no (phase, step, split) twice
+            self.logger.drop_after(phase.name, state.step, since=ck.get("saved_at", last_path.stat().st_mtime))
             self.logger.log(phase.name, state.step, {}, event="resumed", checkpoint=str(last_path))
             if state.done:
                 self._finish(phase, best_model_state)
