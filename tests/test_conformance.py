@@ -90,8 +90,24 @@ def test_method_keeps_the_contract(method, data_path, tmp_path, monkeypatch):
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
 
     # an uninterrupted run, and one stopped after two steps (the engine's Ctrl-C path) and resumed
-    train(ctx)
+    # selection reads validation only; test is evaluated once per candidate, after it
+    from sharewise.engine import runner as runner_mod
+
+    seen = []
+    for module in (runner_mod, trainer_mod):
+        real = module.evaluate
+
+        def recording(model_, data, split, *args, _real=real, **kwargs):
+            seen.append(split)
+            return _real(model_, data, split, *args, **kwargs)
+
+        monkeypatch.setattr(module, "evaluate", recording)
+    selection = train(ctx)
+    assert seen and "test" not in seen
+    seen.clear()
     reference = test(ctx, overwrite=True)
+    assert seen == ["test"] * len(selection["candidates"])
+    monkeypatch.undo()
     original = trainer_mod.Trainer._optimizer_step
     calls = {"n": 0}
 
