@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -202,6 +202,15 @@ def _lock_holder(path: Path) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
+def _raise_write_failure(err: OSError, path: Path) -> NoReturn:
+    """A refused write (disk full, read-only, permission) as the one-line user error naming the
+    path; any other OS error as it is."""
+    mapped = write_failure(err, err.filename or path)
+    if mapped is None:
+        raise err
+    raise mapped from err
+
+
 def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
     """Create ``run_dir`` and take the non-blocking ``flock`` on ``run_dir/.lock`` (our pid
     written into it); None where the directory cannot be written (the command's first write then
@@ -212,10 +221,7 @@ def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        mapped = write_failure(err, err.filename or run_dir)
-        if mapped is None:
-            raise
-        raise mapped from err
+        _raise_write_failure(err, run_dir)
     path = run_dir / LOCK_NAME
     while True:
         try:
@@ -315,10 +321,7 @@ def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume:
                 remove_stale_temporaries(run_dir / "checkpoints")
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            mapped = write_failure(err, err.filename or run_dir)
-            if mapped is None:
-                raise
-            raise mapped from err
+            _raise_write_failure(err, run_dir)
     D.barrier()
 
 
