@@ -61,3 +61,9 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> str:
         lowered = {c.lower(): c for c in cands}
         hits = [lowered[h] for h in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
     return f" (did you mean: {', '.join(hits)}?)" if hits else ""
+
+
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (library errors can span many), or ``default``."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else default

@@ -78,12 +78,10 @@ class _AllTasks(torch.nn.Module):
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The exported module (eval mode), rebuilt from the file alone."""
-    from .backbones import backbone_factory
-    from .config import validate_config, validate_options
+    from .config import validate_config
     from .data.base import InputSpec
-    from .engine.runner import RunContext
-    from .methods import BuildContext, Candidate, get_method
-    from .seeding import RandomStreams
+    from .engine.runner import context_without_data
+    from .methods import Candidate
     from .tasks import Task
 
     path = Path(path)
@@ -97,13 +95,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch
         raise RunDirError(f"{path}: not a sharewise export (format {desc.get('format')!r})")
     cfg = validate_config(desc["config"])
     tasks = [Task.from_dict(t) for t in desc["tasks"]]
-    spec = InputSpec.from_dict(desc["input_spec"])
-    method_cls = get_method(cfg.method.name)
-    method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
-    factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
-    model = method.build(BuildContext(spec, tasks, factory, RandomStreams(cfg.train.seed)))
-    ctx = RunContext(cfg, path.parent, None, method, model, torch.device(device), backbone_factory=factory,
-                     task_list=tasks, input_spec=spec)
-    model = method.candidate_model(ctx, Candidate(**desc["candidate"]))
+    ctx = context_without_data(cfg, tasks, InputSpec.from_dict(desc["input_spec"]), path.parent, device)
+    model = ctx.method.candidate_model(ctx, Candidate(**desc["candidate"]))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()

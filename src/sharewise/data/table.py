@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..config import Config, DataConfig, TaskSpec
-from ..errors import ConfigError, DataError, close_matches
+from ..errors import ConfigError, DataError, close_matches, first_line
 from ..tasks import Task
 from .base import ExampleSet, InputSpec, SharedInputData
 from .encoders import FeatureEncoder
@@ -170,11 +170,7 @@ def _read_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         if not compressed:
             raise DataError(f"{p}: unreadable file: {err}") from None
-        raise DataError(f"{p}: truncated or corrupt gzip file ({_first_line(err) or type(err).__name__})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else ""
+        raise DataError(f"{p}: truncated or corrupt gzip file ({first_line(err) or type(err).__name__})") from None
 
 
 def _decode_problem(p: Path, encoding: str, err: UnicodeDecodeError, compressed: bool) -> str:
@@ -233,7 +229,7 @@ def _parse_text_table(p: Path, fmt: str, cfg: DataConfig) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{p}: the file is empty") from None
     except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"{p}: malformed {fmt.upper()}: {_first_line(err)}") from None
+        raise DataError(f"{p}: malformed {fmt.upper()}: {first_line(err)}") from None
     if cfg.columns is not None and cfg.header:
         if len(cfg.columns) != frame.shape[1]:
             raise DataError(f"{p}: data.columns names {len(cfg.columns)} columns but the file has {frame.shape[1]}")

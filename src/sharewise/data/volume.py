@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import Config
-from ..errors import ConfigError, DataError, close_matches
+from ..errors import ConfigError, DataError, close_matches, first_line
 from .base import InputSpec
 from .sources import LoadedData, data_path, register_source
 from .table import prepare_table, read_table
@@ -274,8 +274,7 @@ def read_volume(path: str, *, canonical: bool = True) -> np.ndarray:
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no detail"
+    return first_line(err, "no detail")
 
 
 # ----------------------------------------------------------------- preprocessing

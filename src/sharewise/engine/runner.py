@@ -76,10 +76,6 @@ class RunContext:
 
     # the method's view (MethodContext) --------------------------------------------------------
 
-    def build_context(self) -> BuildContext:
-        spec = self.input_spec if self.loaded is None else self.loaded.data.input_spec
-        return BuildContext(spec, self.tasks, self.backbone_factory, RandomStreams(self.cfg.train.seed))
-
     def batches_per_epoch(self, split: str) -> int:
         return self.data.num_batches(split, self.cfg.train.batch_size, world_size=D.world_size())
 
@@ -181,12 +177,18 @@ def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> Ru
     cfg = load_config(run_dir / "config.yaml")
     state = json.loads((run_dir / "data_state.json").read_text())
     tasks = [Task.from_dict(t) for t in state["tasks"]]
-    spec = InputSpec.from_dict(state["input_spec"])
+    return context_without_data(cfg, tasks, InputSpec.from_dict(state["input_spec"]), run_dir, device)
+
+
+def context_without_data(cfg: Config, tasks: list[Task], spec: InputSpec, run_dir: Path,
+                         device: str | torch.device = "cpu") -> RunContext:
+    """The method and its freshly built model for a run known only by its config, tasks and input
+    spec (a finished run's files, or an exported model's description)."""
     method_cls = get_method(cfg.method.name)
     method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
     model = method.build(BuildContext(spec, tasks, factory, RandomStreams(cfg.train.seed)))
-    return RunContext(cfg, run_dir, None, method, model, torch.device(device), backbone_factory=factory,
+    return RunContext(cfg, Path(run_dir), None, method, model, torch.device(device), backbone_factory=factory,
                       task_list=tasks, input_spec=spec)
 
 
@@ -339,15 +341,12 @@ def _split_csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_split_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, _split_csv_text(rows))
-
-
 def data_fingerprint(cfg: Config, split_text: str) -> dict[str, Any]:
     """What ``data_state.json`` records of the data a run was started on: the hash of its split
     table (``split.csv``) and the data files' paths, sizes and modification times."""
     files = []
-    for p in (cfg.data.model_dump().get("path"), cfg.data.model_dump().get("test_path")):
+    data = cfg.data.model_dump()
+    for p in (data.get("path"), data.get("test_path")):
         if isinstance(p, str) and os.path.isfile(p):
             st = os.stat(p)
             files.append({"path": os.path.abspath(p), "bytes": st.st_size, "mtime": st.st_mtime})

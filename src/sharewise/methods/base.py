@@ -210,9 +210,6 @@ class MethodContext(Protocol):
     def tasks(self) -> list[Task]:
         """The tasks, in the model's order."""
 
-    def build_context(self) -> BuildContext:
-        """The :class:`BuildContext` of this run (to build a second model, e.g. a fixed architecture)."""
-
     def batches_per_epoch(self, split: str) -> int:
         """Optimiser steps one pass over ``split`` takes in this run: its batches of
         ``train.batch_size`` per process, with the split sharded over every process (a method
