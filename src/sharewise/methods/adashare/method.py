@@ -641,9 +641,8 @@ class AdaShare(Method):
         known = {str(a["exp_id"]): a for a in previous.get("architectures", [])} if archs is not None else {}
         for a in archs or []:
             known[str(a["exp_id"])] = {**known.get(str(a["exp_id"]), {}), **a, "val_score": None, "selected": False}
+        history = search.get("history", [])  # the search's p_exec per cycle (search_result read it)
         search = {k: v for k, v in search.items() if k != "history"}
-        last = ctx.load_phase_checkpoint("search", "last", missing_ok=True)
-        history = last["state"].get("extra", {}).get("history", []) if last is not None else []
         policy = {"method": "adashare", **search, "options": self.options.model_dump(mode="json"),
                   "history": history, "architectures": list(known.values())}
         ctx.write_artifact("policy.json", policy)
