@@ -1,5 +1,4 @@
-"""FlatOptimizer: each parameter group stepped as one buffer, bit-identical to torch's optimisers
-(for tensors of whole cache lines; see ``engine.optim.ALIGN_BYTES`` for the others)."""
+"""FlatOptimizer: each parameter group stepped as one buffer, bit-identical to torch's optimisers."""
 
 import io
 import socket
@@ -110,10 +109,10 @@ def test_flat_steps_are_bit_identical_to_torch_and_resume_from_state_dicts(spec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.kind for s in SPECS])
-def test_tensors_not_of_whole_cache_lines_differ_at_most_in_their_last_bits(spec):
+def test_tensors_not_of_whole_cache_lines_stay_beside_the_buffer_and_keep_torchs_bits(spec):
     """Torch's fused CPU kernels step a tensor's last (size % vector width) elements with scalar
-    code; in the buffer, padded to a cache line, they take vector code, which may round otherwise.
-    Tensors of whole cache lines in the same buffer keep torch's bits exactly."""
+    code. Padded into the buffer they would take vector code and may round otherwise (they did:
+    a 3-float bias differed in its last bit), so they are stepped as themselves, beside the buffer."""
     def model():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -121,11 +120,33 @@ def test_tensors_not_of_whole_cache_lines_differ_at_most_in_their_last_bits(spec
     ref, flat = model(), model()
     ref_opt = build_optimizer(spec, _groups(ref))
     flat_opt = build_optimizer(spec, _groups(flat), flat=True)
-    assert [tuple(p.shape) for p in flat_opt._flat[0].flattened] == [(5, 6), (5,), (16, 5), (16,)]
-    assert flat_opt._flat[0].offsets == [0, 32, 48, 128]  # each tensor on a cache line
+    backbone = flat_opt._flat[0]
+    assert [tuple(p.shape) for p in backbone.flattened] == [(16, 5), (16,)]  # 80 and 16 floats
+    assert backbone.offsets == [0, 80]
+    assert [tuple(p.shape) for p in backbone.separate] == [(5, 6), (5,)]
+    heads = flat_opt._flat[1]  # 3x16 weight (3 cache lines) and a 3-float bias
+    assert [tuple(p.shape) for p in heads.flattened] == [(3, 16)] and [tuple(p.shape) for p in heads.separate] == [(3,)]
     _train(ref, ref_opt, None, 6)
     _train(flat, flat_opt, None, 6)
-    _assert_same(ref, ref_opt, flat, flat_opt, "6 steps", ulps_for={"0.weight", "0.bias", "4.bias"})
+    _assert_same(ref, ref_opt, flat, flat_opt, "6 steps")
+    # and across the switch to per-tensor stepping, and a state dict round trip
+    _train(ref, ref_opt, None, 3, start=6, without_grad={7: [0]})
+    _train(flat, flat_opt, None, 3, start=6, without_grad={7: [0]})
+    _assert_same(ref, ref_opt, flat, flat_opt, "the switch")
+    again = model()
+    again.load_state_dict(flat.state_dict())
+    again_opt = build_optimizer(spec, _groups(again), flat=True)
+    again_opt.load_state_dict(io_round_trip(flat_opt.state_dict()))
+    _train(ref, ref_opt, None, 2, start=9)
+    _train(again, again_opt, None, 2, start=9)
+    _assert_same(ref, ref_opt, again, again_opt, "resuming after the switch")
+
+
+def io_round_trip(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def test_zero_grad_as_torch_and_a_parameter_without_a_gradient_stays_put():
@@ -310,3 +331,18 @@ def test_average_gradients_on_two_gloo_processes():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_average_gradients_replica, args=(2, port), nprocs=2, join=True)
+
+
+def test_a_group_without_a_tensor_of_whole_cache_lines_has_no_buffer():
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    ref, flat = model(), model()
+    groups = lambda m: {"backbone": list(m.parameters())[:3], "heads": list(m.parameters())[3:]}  # noqa: E731
+    ref_opt = build_optimizer(SPECS[0], groups(ref))
+    flat_opt = build_optimizer(SPECS[0], groups(flat), flat=True)
+    assert flat_opt._flat[1].param is None and len(flat_opt._flat[1].separate) == 1  # the 3-float bias
+    _train(ref, ref_opt, None, 4)
+    _train(flat, flat_opt, None, 4)
+    _assert_same(ref, ref_opt, flat, flat_opt, "4 steps")

@@ -49,24 +49,22 @@ def fast_kwargs(params: list[nn.Parameter]) -> dict[str, bool]:
     return {}
 
 
-# every tensor in a buffer starts on a 64-byte boundary, as its own allocation would (vectorised
-# kernels expect that). The fused CPU kernels step a tensor with vector code but for its last
-# (size % vector width) elements, which take scalar code that can round differently: in the
-# buffer a tensor that is not whole cache lines has zero padding after it and takes vector code
-# throughout, so its last few elements may differ from torch's per-tensor step in the last bit.
-# Tensors of whole cache lines get torch's bits exactly. (Stepping the others on their own would
-# give torch's bits for them too, but moves every figure recorded with this layout by about 1e-4;
-# see docs/benchmarks.md, "The optimiser steps one flat buffer".)
+# Torch's fused CPU kernels step a tensor in cache-line units with vector code, but its last
+# (size % vector width) elements with scalar code, which can round differently. So only tensors of
+# whole cache lines go into a buffer (back to back, each starting on a cache line, as its own
+# allocation would): there their elements take the code they take alone. The others stay ordinary
+# tensors in the inner optimiser's group, stepped by the same single kernel call; every tensor thus
+# gets torch's per-tensor bits exactly. (Until 2026-12-04 they were padded into the buffer, which
+# moved their last few elements' last bit; see docs/benchmarks.md.)
 ALIGN_BYTES = 64
 
 
 class FlatOptimizer(torch.optim.Optimizer):
     """A torch optimiser stepping each parameter group as one contiguous buffer, with the numbers
-    and the state of torch's per-tensor optimiser (``make``'s): bit for bit for tensors of whole
-    cache lines (64 bytes), up to the last bit of a tensor's last few elements otherwise
-    (:data:`ALIGN_BYTES`).
+    and the state of torch's per-tensor optimiser (``make``'s), bit for bit.
 
-    The group's parameters become views into one buffer, each starting on a cache line. Backward
+    The group's parameters of whole cache lines (:data:`ALIGN_BYTES`; most weights) become views
+    into one buffer, the others (a 10-class head's bias) stay as they are beside it. Backward
     fills their gradients as usual (ordinary tensors); ``step`` copies them into a second buffer,
     and an inner fused optimiser (built by ``make``) steps the buffer, one kernel for the whole
     group. What goes is the cost
@@ -190,40 +188,47 @@ def _hyper(group: dict[str, Any]) -> dict[str, Any]:
 
 
 class _FlatGroup:
-    """One parameter group's buffer: ``flattened`` (every parameter of the group) are views into
-    it from ``offsets`` (each on a cache line; the padding between them stays zero: a zero
-    gradient moves a zero value by nothing, weight decay included); ``param``: the inner
-    optimiser's parameter over the buffer; ``grad_views``: each parameter's slice of the gradient
-    buffer (``param.grad``), None once the group is stepped per tensor."""
+    """One parameter group's buffer: ``flattened`` (the group's parameters of whole cache lines)
+    are views into it from ``offsets`` (back to back, so each on a cache line); ``separate``: the
+    group's other parameters, stepped as themselves; ``param``: the inner optimiser's parameter
+    over the buffer (None when no parameter is of whole cache lines); ``grad_views``: each
+    flattened parameter's slice of the gradient buffer (``param.grad``), None once the group is
+    stepped per tensor."""
 
     def __init__(self, params: list[nn.Parameter]) -> None:
-        self.flattened = list(params)
-        align = max(1, ALIGN_BYTES // params[0].element_size())
+        whole = [p.numel() * p.element_size() % ALIGN_BYTES == 0 for p in params]
+        self.flattened = [p for p, w in zip(params, whole) if w]
+        self.separate = [p for p, w in zip(params, whole) if not w]
         self.offsets, total = [], 0
         for p in self.flattened:
             self.offsets.append(total)
-            total += -(-p.numel() // align) * align
-        values = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
+            total += p.numel()
+        self.param: nn.Parameter | None = None
+        self.grad_views: list[torch.Tensor] | None = None
+        if not self.flattened:
+            return
+        values = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
         with torch.no_grad():
             for p, offset in zip(self.flattened, self.offsets):
                 values[offset:offset + p.numel()].copy_(p.reshape(-1))
                 p.data = values[offset:offset + p.numel()].view_as(p)
-        self.param: nn.Parameter | None = nn.Parameter(values)
-        self.grad_views: list[torch.Tensor] | None = None
+        self.param = nn.Parameter(values)
         self.attach_gradient_buffer()
 
     def inner_params(self) -> list[nn.Parameter]:
-        return [self.param]
+        return ([self.param] if self.param is not None else []) + self.separate
 
     def attach_gradient_buffer(self) -> None:
-        if self.grad_views is not None:
+        if self.grad_views is not None or self.param is None:
             return
         grads = torch.zeros_like(self.param)
         self.grad_views = [grads[o:o + p.numel()].view_as(p) for p, o in zip(self.flattened, self.offsets)]
         self.param.grad = grads
 
     def drop_gradient_buffer(self) -> None:
-        self.grad_views, self.param.grad = None, None
+        self.grad_views = None
+        if self.param is not None:
+            self.param.grad = None
 
 
 def build_scheduler(spec: OptimSpec, optimizer: torch.optim.Optimizer, total_steps: int):
