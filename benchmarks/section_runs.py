@@ -1,0 +1,176 @@
+"""Measure the runs behind a section of docs/benchmarks.md and store each as a run record.
+
+    .venv/bin/python benchmarks/section_runs.py images                 # every run of the section
+    .venv/bin/python benchmarks/section_runs.py ixi --names hard-seed0  # one run
+    .venv/bin/python benchmarks/section_runs.py --list                 # the sections and their runs
+
+A section is a list of `sharewise run` commands (`SECTIONS`, built by the functions below), each
+with `train.threads=1` and its run directory under `--out-root` (default `/tmp/sw-bench`); a run
+that needs another (`--reference` to the same seed's `independent` run) comes after it. Each run's
+`results.json` becomes `benchmarks/results/runs/<section>/<name>.json` (benchmarks/record.py):
+every test metric, Δ_t and Δ_MTL, parameters (total, per group), FLOPs (all tasks, per task),
+AdaShare's candidate means, and under `extra` what is descriptive but not a figure (the learned
+policy, the selected architecture). `--replace` overwrites the records (a re-measurement after a
+change); without it a repetition is stored beside them (`<name>.2.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adult_runs import figures_with_delta, run_sharewise  # noqa: E402
+from record import REPO, store_run  # noqa: E402
+
+THREADS = 1
+DEFAULT_OUT_ROOT = "/tmp/sw-bench"
+COMMON = ["--no-progress", "--overwrite", "--set", f"train.threads={THREADS}", "--set", "output.tensorboard=false"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `sharewise` invocation of a section: ``args`` with ``{out}`` standing for the out root."""
+    name: str
+    args: tuple[str, ...]
+    needs: tuple[str, ...] = field(default=())  # names of runs of the same section that must exist first
+
+    def argv(self, out_root: str) -> list[str]:
+        return [a.replace("{out}", out_root) for a in self.args]
+
+    def out_dir(self, out_root: str) -> Path:
+        argv = self.argv(out_root)
+        return Path(argv[argv.index("--out") + 1])
+
+
+def _run(section: str, name: str, config: str, seed: int, *extra: str, needs: tuple[str, ...] = ()) -> Run:
+    out = f"{{out}}/{section}/{name}"
+    return Run(name, ("run", "--config", config, "--seed", str(seed), "--out", out, *COMMON, *extra), needs)
+
+
+def images() -> list[Run]:
+    runs = []
+    for data in ("mnist", "omniglot20"):
+        for method in ("hard", "independent"):
+            runs.append(_run("images", f"{data}-{method}", f"configs/images/{data}.yaml", 0, "--method", method))
+    return runs
+
+
+def ixi(seeds=(0, 1, 2)) -> list[Run]:
+    runs = []
+    targets = ("--cat-target", "Sex", "--num-target", "Age")
+    for seed in seeds:
+        runs.append(_run("ixi", f"adashare-seed{seed}", "configs/adashare/ixi.yaml", seed, *targets))
+        for method in ("hard", "independent"):
+            runs.append(_run("ixi", f"{method}-seed{seed}", "configs/adashare/ixi.yaml", seed, *targets,
+                             "--set", f"method={{name: {method}}}"))
+        runs.append(_run("ixi", f"regional-seed{seed}", "configs/tables/ixi_regional.yaml", seed))
+    return runs
+
+
+def adashare(data: str, seeds=(0, 1, 2)) -> list[Run]:
+    """AdaShare against `hard` and `independent` from one AdaShare config (the others replace its
+    `method` section); `hard` and AdaShare get `--reference` to the same seed's `independent`."""
+    section, config = f"adashare-{data}", f"configs/adashare/{data}.yaml"
+    runs = []
+    for seed in seeds:
+        ref = f"independent-seed{seed}"
+        reference = ("--reference", f"{{out}}/{section}/{ref}")
+        runs.append(_run(section, ref, config, seed, "--set", "method={name: independent}"))
+        runs.append(_run(section, f"hard-seed{seed}", config, seed, "--set", "method={name: hard}", *reference,
+                         needs=(ref,)))
+        runs.append(_run(section, f"adashare-seed{seed}", config, seed, *reference, needs=(ref,)))
+    return runs
+
+
+def adashare_task_bn(seeds=(1, 2)) -> list[Run]:
+    return [_run("adashare-mnist-task_bn", f"adashare-seed{seed}", "configs/adashare/mnist.yaml", seed,
+                 "--set", "method.task_bn=true") for seed in seeds]
+
+
+SECTIONS: dict[str, list[Run]] = {
+    "images": images(),
+    "ixi": ixi(),
+    "adashare-adult": adashare("adult"),
+    "adashare-digits": adashare("digits"),
+    "adashare-mnist": adashare("mnist"),
+    "adashare-mnist-task_bn": adashare_task_bn(),
+}
+
+
+def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
+    """(figures, extra) of one finished run directory."""
+    results = json.loads((run_dir / "results.json").read_text())
+    figures = figures_with_delta(results)
+    for group, n in (results.get("parameters") or {}).get("by_group", {}).items():
+        figures[f"parameters.{group}"] = n
+    for task, flops in (results.get("flops") or {}).get("per_task", {}).items():
+        figures[f"flops.{task}"] = flops
+    candidates = results.get("candidates")
+    extra: dict = {}
+    if candidates:
+        for task, metrics in candidates["mean_sd"].items():
+            for metric, stats in metrics.items():
+                if stats.get("mean") is not None:
+                    figures[f"candidates.{task}.{metric}"] = stats["mean"]
+        extra["selected"] = results["selection"].get("selected")
+        extra["candidates"] = candidates["n"]
+    policy = run_dir / "policy.json"
+    if policy.exists():
+        p = json.loads(policy.read_text())
+        extra["policy"] = {k: p[k] for k in ("cycle", "search_cycles", "temperature", "curriculum_complete", "exec_prob")
+                           if k in p}
+        extra["architectures"] = [{k: a[k] for k in ("name", "policy", "num_removed", "selected") if k in a}
+                                  for a in p.get("architectures", [])]
+    return figures, extra
+
+
+def measure(run: Run, out_root: str) -> tuple[str, dict, dict, dict]:
+    """Run it; returns (command, figures, extra, timings)."""
+    argv = run.argv(out_root)
+    wall = run_sharewise(argv)
+    figures, extra = figures_of(run.out_dir(out_root))
+    return "sharewise " + shlex.join(argv), figures, extra, {"wall_s": round(wall, 1)}
+
+
+def select(section: str, names: list[str] | None) -> list[Run]:
+    runs = SECTIONS[section]
+    if not names:
+        return runs
+    known = {r.name for r in runs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"section {section!r} has no run {unknown[0]!r} (runs: {', '.join(sorted(known))})")
+    return [r for r in runs if r.name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("section", nargs="?", choices=sorted(SECTIONS))
+    parser.add_argument("--names", nargs="+", help="only these runs of the section")
+    parser.add_argument("--out-root", default=DEFAULT_OUT_ROOT)
+    parser.add_argument("--replace", action="store_true", help="overwrite the records instead of adding repetitions")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list or not args.section:
+        for section, runs in SECTIONS.items():
+            print(f"{section}: " + " ".join(r.name for r in runs))
+        return 0
+    runs = select(args.section, args.names)
+    by_name = {r.name: r for r in SECTIONS[args.section]}
+    for run in runs:
+        for need in run.needs:
+            if not (by_name[need].out_dir(args.out_root) / "results.json").exists():
+                raise SystemExit(f"{args.section}/{run.name} needs {need} first (run it, or leave out --names)")
+        command, figures, extra, timings = measure(run, args.out_root)
+        store_run(args.section, run.name, command=command, figures=figures, threads=THREADS,
+                  timings=timings, extra=extra, replace=args.replace)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
