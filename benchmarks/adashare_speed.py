@@ -56,6 +56,8 @@ from sharewise.methods.adashare import AdaShareArchitecture, AdaShareNet
 from sharewise.methods.base import OptimSpec
 from sharewise.tasks import Task, compute_losses
 
+from _results import record_benchmark  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 BACKBONES = {
     # small networks, where per-operation overhead is a large part of a step
     "mlp": (InputSpec("vector", (64,)), {"width": 128, "depth": 6}, 64),
@@ -342,6 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/adashare_speed.json")
     ap.add_argument("--only", choices=["search", "tree"], help="run one half (the JSON then holds only that half)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="network sizes to measure")
+    ap.add_argument("--no-record", action="store_true",
+                    help="do not store this run as a run record (benchmarks/results/runs/speed/)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's allocator as it is (the engine keeps freed host memory, train.keep_host_memory)")
     args = ap.parse_args(argv)
@@ -392,7 +396,43 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"-> {out}")
+    if not args.no_record:
+        record_benchmark("speed", record_name(args), results, speed_figures(results), threads=args.threads,
+                         script="adashare_speed.py", argv=argv)
     return 0
+
+
+def record_name(args) -> str:
+    """`adashare` for a full run; otherwise what it was limited to (`adashare-search-small`, ...)."""
+    parts = ["adashare"]
+    if args.only:
+        parts.append(args.only)
+    if sorted(args.sizes) != sorted(SIZES):
+        parts.append("+".join(args.sizes))
+    if args.default_malloc:
+        parts.append("default_malloc")
+    if args.device != "cpu":
+        parts.append(args.device)
+    return "-".join(parts)
+
+
+def speed_figures(results: dict) -> dict[str, float]:
+    """The ratios the tables quote, flat: `search.<backbone>.<T>.<window>.{auto,batched,flop_ratio}` and
+    `tree.<backbone>.<T>.<policy>.{train,train_no_step,bound,inference,flop_ratio,op_ratio}`."""
+    figures: dict[str, float] = {}
+    for r in results["search"]:
+        key = f"search.{r['backbone']}.{r['tasks']}.{r['window']}"
+        figures.update({f"{key}.auto": r["speedup"], f"{key}.batched": r["speedup_batched"],
+                        f"{key}.flop_ratio": r["flop_ratio"]})
+    for r in results["tree"]:
+        key = f"tree.{r['backbone']}.{r['tasks']}.{r['policy']}"
+        ops = r.get("operations", {})
+        figures.update({f"{key}.train": r["train_speedup"], f"{key}.train_no_step": r["train_speedup_no_step"],
+                        f"{key}.bound": r["train_bound"], f"{key}.inference": r["inference_speedup"],
+                        f"{key}.flop_ratio": r["flop_ratio"]})
+        if ops.get("tree"):
+            figures[f"{key}.op_ratio"] = ops["per_task"] / ops["tree"]
+    return figures
 
 
 if __name__ == "__main__":

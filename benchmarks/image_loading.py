@@ -30,7 +30,7 @@ import torch
 
 from sharewise.config import validate_config
 from sharewise.data import build_data
-from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import record_benchmark, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def load(data_dir: str, cache: str, image_size: int | None, cache_dir: str, alphabets: str):
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "image_loading.json"))
+    ap.add_argument("--no-record", action="store_true", help="do not store a run record (benchmarks/results/runs/loading/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = args.image_size or None
@@ -96,6 +97,9 @@ def main() -> None:
         "ratio_disk_vs_none": med["none"] / med["disk"],
     }
     write_json(result, args.out)
+    if not args.no_record:
+        figures = {f"{r['variant']}.{k}": r[k] for r in rows for k in ("median_s", "speedup_vs_none")}
+        record_benchmark("loading", "images", result, figures, threads=args.threads, script="image_loading.py", argv=None)
 
 
 if __name__ == "__main__":

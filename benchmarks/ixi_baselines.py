@@ -7,12 +7,13 @@ depends on the rows and targets only), built here through :func:`sharewise.data.
 targets are read from ``participants.csv`` in their original units.
 
 ``--runs`` checks that every given run directory (with ``seed_<s>/split.csv`` from ``--seeds``,
-or a ``split.csv`` of its own for one seed) holds exactly that split, so all the figures compared
+or a ``split.csv`` of its own for the seed its ``config.yaml`` names) holds exactly that split, so all the figures compared
 in docs/benchmarks.md come from the same subjects.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/ixi_baselines.py --seeds 0 1 2 [--runs runs/ixi-hard runs/ixi-regional ...]
+    .venv/bin/python benchmarks/ixi_baselines.py --seeds 0 1 2 --runs /tmp/sw-bench/ixi/*   # one-seed runs
 
 Prints a table and writes ``benchmarks/results/ixi_baselines.json``.
 """
@@ -60,13 +61,27 @@ def trivial_predictors(table: pd.DataFrame, split: dict[str, str]) -> dict:
     }
 
 
+def _run_seed(run: Path) -> int | None:
+    """The seed of a one-seed run directory (its config.yaml's train.seed)."""
+    import yaml
+
+    config = run / "config.yaml"
+    if not config.exists():
+        return None
+    return (yaml.safe_load(config.read_text()).get("train") or {}).get("seed")
+
+
 def check_runs(runs: list[str], seeds: list[int], splits: dict[int, dict[str, str]]) -> dict[str, str]:
     report = {}
     for run in runs:
-        for seed in seeds:
+        own = _run_seed(Path(run)) if (Path(run) / "split.csv").exists() else None
+        for seed in seeds if own is None else [own]:
             path = Path(run) / f"seed_{seed}" / "split.csv"
-            if not path.exists() and len(seeds) == 1:
+            if own is not None or (not path.exists() and len(seeds) == 1):
                 path = Path(run) / "split.csv"
+            if seed not in splits:
+                report[str(path)] = f"seed {seed} not among --seeds"
+                continue
             if not path.exists():
                 report[str(path)] = "missing"
                 continue

@@ -1,7 +1,9 @@
 """Rerun the cheap deterministic benchmarks and compare every figure with its stored run record.
 
-    .venv/bin/python benchmarks/reproduce.py          # Adult hard + independent seed 0, the demo (~1 min)
-    .venv/bin/python benchmarks/reproduce.py --all    # also Adult seeds 1-2 and hard --reference (~3 min)
+    .venv/bin/python benchmarks/reproduce.py          # Adult hard + independent seed 0, the demo, IXI hard seed 0,
+                                                      # MNIST hard (~6 min on 2 cores)
+    .venv/bin/python benchmarks/reproduce.py --all    # also Adult seeds 1-2 and hard --reference
+    .venv/bin/python benchmarks/reproduce.py --section adashare-digits   # every run of a section_runs.py section
     make reproduce
 
 Each rerun uses the command its record names (the same `train.threads=1`). On the same thread
@@ -21,9 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adult_runs  # noqa: E402
 import demo_runs  # noqa: E402
+import section_runs  # noqa: E402
 from record import RUNS_DIR, load_run  # noqa: E402
 
 DEFAULT_TOLERANCE = 1e-3
+# runs of benchmarks/section_runs.py that the quick check reruns: one IXI seed at its CPU size, MNIST hard
+QUICK_SECTION_RUNS = (("ixi", "hard-seed0"), ("images", "mnist-hard"))
 
 
 def compare(stored: dict, now: dict[str, float], threads: int, torch_version: str,
@@ -54,14 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="also Adult seeds 1-2 and hard --reference")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="relative tolerance where the record's threads or torch differ (default 1e-3)")
+    parser.add_argument("--section", action="append", default=[], choices=sorted(section_runs.SECTIONS),
+                        help="rerun every run of this section_runs.py section instead of the quick set (repeatable)")
     parser.add_argument("--out-root", default="/tmp",
-                        help="where the run directories go (default /tmp, as in the records' commands)")
+                        help="where the Adult and demo run directories go (default /tmp, as in the records' commands)")
+    parser.add_argument("--section-out-root", default=section_runs.DEFAULT_OUT_ROOT,
+                        help=f"where section_runs.py's runs go (default {section_runs.DEFAULT_OUT_ROOT}, as in their records)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     args = parser.parse_args(argv)
     import torch
 
     # (section, record name, thunk returning (command, figures))
     jobs = []
+
+    def section_job(section: str, run: section_runs.Run):
+        return (section, run.name, lambda: section_runs.measure(run, args.section_out_root)[:2])
+
+    if args.section:
+        for section in args.section:
+            jobs += [section_job(section, run) for run in section_runs.SECTIONS[section]]
+        return _compare_all(jobs, args, torch.__version__)
     seeds = adult_runs.SEEDS if args.all else (0,)
     for seed in seeds:
         for method in adult_runs.METHODS:
@@ -82,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_records = sorted(p.stem for p in (Path(args.runs) / "demo").glob("*.json") if "." not in p.stem)
     for method in demo_records:
         jobs.append(("demo", method, lambda m=method: demo_figures(m)))
+    for section, name in QUICK_SECTION_RUNS:
+        jobs.append(section_job(section, next(r for r in section_runs.SECTIONS[section] if r.name == name)))
+    return _compare_all(jobs, args, torch.__version__)
 
+
+def _compare_all(jobs, args, torch_version: str) -> int:
     drift = 0
     table = []
     for section, name, thunk in jobs:
@@ -91,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if command != stored["command"]:
             print(f"note: {section}/{name}: command differs from the record's\n  stored: {stored['command']}\n"
                   f"  now:    {command}")
-        for key, a, b, verdict in compare(stored, now, adult_runs.THREADS, torch.__version__, args.tolerance):
+        for key, a, b, verdict in compare(stored, now, adult_runs.THREADS, torch_version, args.tolerance):
             drift += verdict == "DRIFT"
             table.append((f"{section}/{name}", key, _fmt(a), _fmt(b), verdict))
     widths = [max(len(str(r[i])) for r in table + [("record", "figure", "stored", "now", "")]) for i in range(5)]

@@ -21,14 +21,14 @@ import argparse
 import difflib
 import json
 import re
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import REPO, RUNS_DIR, load_run, load_runs  # noqa: E402
+from _format import grouped, mean_sd  # noqa: E402
+from record import REPO, RUNS_DIR, load_run  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -116,18 +116,6 @@ def update_file(path: Path | str = DOC, runs_root: Path | str = RUNS_DIR, check:
     return True
 
 
-# --- formatting -------------------------------------------------------------------------------
-
-def grouped(n: float) -> str:
-    """81162 -> '81 162' (the docs' thousands separator)."""
-    return f"{int(n):,}".replace(",", " ")
-
-
-def mean_sd(values: list[float], digits: int) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 # --- UCI Adult ("Tables: UCI Adult") --------------------------------------------------------
 
 ADULT_METHODS = ("hard", "independent")
@@ -212,6 +200,13 @@ def demo(runs_root: Path) -> str:
         cells = [f"{figures[m]:.4f}" if m in figures else "" for m in metrics]
         rows.append(f"| `{name}` | " + " | ".join(cells) + f" | {grouped(figures.get('parameters', 0))} |")
     return "\n".join(rows)
+
+
+# the Images, IXI, AdaShare, loading and speed sections (benchmarks/renderers.py)
+import renderers  # noqa: E402
+
+for _name, (_fn, _sources) in renderers.REGISTERED.items():
+    RENDERERS[_name] = Renderer(_fn, _sources)
 
 
 def main(argv: list[str] | None = None) -> int:

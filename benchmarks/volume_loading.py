@@ -37,7 +37,7 @@ import torch
 
 from sharewise.config import load_config
 from sharewise.data import build_data
-from _results import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import record_benchmark, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volume_loading.json"
 CONDITIONS = ("none", "memory", "disk")
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--no-record", action="store_true", help="do not store a run record (benchmarks/results/runs/loading/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="sharewise-volume-cache-") as cache_dir:
@@ -101,6 +102,10 @@ def main() -> None:
     for c in CONDITIONS:
         print(f"{c:<8} {median[c]:>19.1f} {min(rates[c]):>8.1f} {max(rates[c]):>8.1f} {result['ratio_vs_none'][c]:>8.1f}")
     write_json(result, args.out)
+    if not args.no_record:
+        figures = {f"{c}.{k}": v for c in CONDITIONS
+                   for k, v in (("median", median[c]), ("ratio_vs_none", result["ratio_vs_none"][c]))}
+        record_benchmark("loading", "volumes", result, figures, threads=args.threads, script="volume_loading.py", argv=None)
 
 
 if __name__ == "__main__":

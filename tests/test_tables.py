@@ -128,3 +128,56 @@ def test_reproduce_compare_flags_drift():
     assert reproduce.compare(stored, {"a.accuracy": 0.86, "parameters": 10}, 2, "2.0", 1e-3)[0][3] == "DRIFT"
     # a figure missing on either side is drift
     assert reproduce.compare(stored, {"a.accuracy": 0.85}, 1, "2.0", 1e-3)[1][3] == "DRIFT"
+
+
+def test_ixi_table_is_mean_and_sd_over_the_seeds_records(tmp_path):
+    runs = tmp_path / "runs"
+    for key, base in (("adashare", 7.0), ("hard", 6.0), ("independent", 8.0), ("regional", 5.0)):
+        for seed in (0, 1, 2):
+            record.store_run("ixi", f"{key}-seed{seed}", command=f"sharewise run {key} {seed}", threads=1, root=runs,
+                             figures={"Age.mae": base + seed, "Age.r2": 0.5, "Sex.accuracy": 0.9 + 0.01 * seed,
+                                      "Sex.auroc": 1.0})
+    (tmp_path / "ixi_baselines.json").write_text(
+        '{"per_seed": {"0": {"Sex": {"prediction": "F"}}}, '
+        '"mean_sd": {"Age": {"mean": 15.33, "sd": 0.21}, "Sex": {"mean": 0.5185185, "sd": 0.0}}}')
+    text = tables.render_text("<!-- table: ixi-test -->\n<!-- /table -->\n", runs)
+    assert "| `hard` | T1 volume 48³ | 7.00 ± 1.00 | 0.910 ± 0.010 | 1.000 ± 0.000 | 0.500 ± 0.000 |" in text
+    assert "| `hard`, MLP | 260 DLMUSE regional volumes | 6.00 ± 1.00 |" in text
+    assert "| trivial predictor | median age / majority sex (`F`) | 15.33 ± 0.21 | 0.519 ± 0.000 | – | – |" in text
+
+
+def test_commands_and_measured_lines_come_from_the_records(tmp_path):
+    runs = tmp_path / "runs"
+    record.store_run("images", "mnist-hard", command="sharewise run --config a.yaml --method hard", threads=1,
+                     figures={"x": 1.0}, root=runs)
+    record.store_run("images", "mnist-independent", command="sharewise run --config a.yaml --method independent",
+                     threads=1, figures={"x": 1.0}, root=runs)
+    block = tables.render_text("<!-- table: commands-images -->\n<!-- /table -->\n", runs)
+    assert ("```bash\n.venv/bin/sharewise run --config a.yaml --method hard\n"
+            ".venv/bin/sharewise run --config a.yaml --method independent\n```") in block
+    line = tables.render_text("<!-- table: measured-images -->\n<!-- /table -->\n", runs)
+    commit = record.code_version()["commit"][:7]
+    assert f"at commit `{commit}" in line and "1 thread on a" in line and "(2 files:" in line
+
+
+def test_speed_ranges_are_recomputed_over_every_stored_run(tmp_path):
+    import adashare_speed
+
+    runs = tmp_path / "runs"
+
+    def result(speedup: float) -> dict:
+        timing = {k: {"median_s": 0.01, "page_faults_per_call": 0.0} for k in ("loop", "auto", "batched")}
+        row = {"backbone": "mlp", "tasks": 4, "window": "full", "timing": timing, "flop_ratio": 1.14,
+               "speedup": speedup, "speedup_batched": speedup, "peak_bytes": {k: 2**20 for k in timing}}
+        return {"search": [row], "tree": []}
+    for speedup in (1.46, 1.55, 1.50):
+        res = result(speedup)
+        record.store_run("speed", "adashare", command="c", figures=adashare_speed.speed_figures(res), threads=2,
+                         extra={"result": res}, root=runs)
+    res = result(1.40)  # a search-only run counts in the ranges, not in the detailed table
+    record.store_run("speed", "adashare-search-small", command="c", figures=adashare_speed.speed_figures(res),
+                     threads=2, extra={"result": res}, root=runs)
+    search = tables.render_text("<!-- table: speed-search -->\n<!-- /table -->\n", runs)
+    assert "| MLP | 4 | full | 1.14 | 10.0 | 10.0 | 10.0 | **1.50** | 1.50 | 1.40–1.55 (n = 4) | 1.0 / 1.0 / 1.0 |" in search
+    targets = tables.render_text("<!-- table: speed-targets -->\n<!-- /table -->\n", runs)
+    assert "full window 1.40–1.55×, median 1.48 (n = 4)" in targets and "met in 2 of 4 runs" in targets

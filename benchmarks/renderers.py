@@ -1,0 +1,501 @@
+"""Renderers of docs/benchmarks.md's generated tables for the sections measured by
+benchmarks/section_runs.py (Images, IXI, AdaShare) and the loading and speed benchmarks.
+
+Each renderer reads run records (benchmarks/record.py) and returns a block's text; collected by
+benchmarks/tables.py into its `RENDERERS`. Numbers are formatted as the prose around the tables
+expects (accuracy 4 digits, MAE 3, parameters grouped by thousands, FLOPs in M where large).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from typing import Callable
+
+from _format import grouped, mean_sd
+from record import load_run, load_runs
+
+# name -> (render(runs_root) -> block text, what the block's opening line names as its sources)
+REGISTERED: dict[str, tuple[Callable[[Path], str], str]] = {}
+
+
+def register(name: str, sources: str):
+    def wrap(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+        REGISTERED[name] = (fn, sources)
+        return fn
+    return wrap
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _figures(runs_root: Path, section: str, name: str) -> dict[str, float]:
+    return load_run(section, name, runs_root)["figures"]
+
+
+def _record(runs_root: Path, section: str, name: str) -> dict:
+    return load_run(section, name, runs_root)
+
+
+def _mflops(n: float) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else grouped(n)
+
+
+def _wall(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _walls(records: list[dict]) -> str:
+    walls = [r["timings"]["wall_s"] for r in records if r.get("timings", {}).get("wall_s") is not None]
+    if not walls:
+        return "–"
+    lo, hi = min(walls), max(walls)
+    return _wall(lo) if len(walls) == 1 or round(lo) == round(hi) else f"{_wall(lo)} – {_wall(hi)}"
+
+
+def _cell(values: list[float], digits: int) -> str:
+    return mean_sd(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+
+# --- Images ---------------------------------------------------------------------------------------
+
+MNIST_TASKS = (("digit.accuracy", 4), ("parity.accuracy", 4), ("large.accuracy", 4), ("value.mae", 4), ("value.r2", 4))
+
+
+@register("images-mnist", "benchmarks/results/runs/images/mnist-{hard,independent}.json")
+def images_mnist(runs_root: Path) -> str:
+    rows = ["| method | digit acc | parity acc | large acc | value MAE ↓ | value R² | parameters (total) "
+            "| FLOPs / example, all tasks | wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for method in ("hard", "independent"):
+        rec = _record(runs_root, "images", f"mnist-{method}")
+        f = rec["figures"]
+        cells = [f"{f[k]:.{d}f}" for k, d in MNIST_TASKS]
+        rows.append(f"| `{method}` | " + " | ".join(cells)
+                    + f" | {grouped(f['parameters'])} | {_mflops(f['flops'])} | {_walls([rec])} |")
+    return "\n".join(rows)
+
+
+def _omniglot_tasks(figures: dict[str, float]) -> list[str]:
+    return [k[:-len(".accuracy")] for k in figures if k.endswith(".accuracy") and not k.startswith("candidates.")]
+
+
+@register("images-omniglot", "benchmarks/results/runs/images/omniglot20-{hard,independent}.json")
+def images_omniglot(runs_root: Path) -> str:
+    recs = {m: _record(runs_root, "images", f"omniglot20-{m}") for m in ("hard", "independent")}
+    figs = {m: r["figures"] for m, r in recs.items()}
+    tasks = _omniglot_tasks(figs["hard"])
+    rows = ["| alphabet | hard | independent |", "|---|---:|---:|"]
+    for t in tasks:
+        rows.append(f"| {t} | {figs['hard'][t + '.accuracy']:.4f} | {figs['independent'][t + '.accuracy']:.4f} |")
+    means = {m: statistics.mean(figs[m][t + ".accuracy"] for t in tasks) for m in figs}
+    rows.append(f"| **mean test accuracy ({len(tasks)} tasks)** | **{means['hard']:.4f}** | **{means['independent']:.4f}** |")
+
+    def params(f: dict) -> str:
+        parts = [f"{g} {grouped(f[f'parameters.{g}'])}" for g in ("backbone", "heads") if f"parameters.{g}" in f]
+        return f"{grouped(f['parameters'])}" + (f" ({' + '.join(parts)})" if parts else "")
+    rows.append(f"| parameters (total) | {params(figs['hard'])} | {params(figs['independent'])} |")
+    rows.append(f"| FLOPs / example, all {len(tasks)} tasks | {_mflops(figs['hard']['flops'])} "
+                f"| {_mflops(figs['independent']['flops'])} |")
+    rows.append(f"| wall (`run`: train + test + report) | {_walls([recs['hard']])} | {_walls([recs['independent']])} |")
+    return "\n".join(rows)
+
+
+# --- Brain MRI (IXI) ----------------------------------------------------------------------------
+
+IXI_SEEDS = (0, 1, 2)
+IXI_METHODS = (("adashare", "`adashare` (selected of 2 architectures)", "T1 volume 48³"),
+               ("hard", "`hard`", "T1 volume 48³"),
+               ("independent", "`independent`", "T1 volume 48³"),
+               ("regional", "`hard`, MLP", "260 DLMUSE regional volumes"))
+IXI_METRICS = (("Age.mae", 2), ("Sex.accuracy", 3), ("Sex.auroc", 3), ("Age.r2", 3))
+
+
+def _ixi_baselines(runs_root: Path) -> dict:
+    path = runs_root.parent / "ixi_baselines.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no trivial-predictor results {path} (benchmarks/ixi_baselines.py)")
+    return json.loads(path.read_text())
+
+
+@register("ixi-test", "benchmarks/results/runs/ixi/*-seed{0,1,2}.json and benchmarks/results/ixi_baselines.json")
+def ixi_test(runs_root: Path) -> str:
+    rows = ["| method | input | age MAE ↓ (years) | sex accuracy ↑ | sex AUROC ↑ | age R² ↑ |",
+            "|---|---|---|---|---|---|"]
+    for key, label, data in IXI_METHODS:
+        figs = [_figures(runs_root, "ixi", f"{key}-seed{s}") for s in IXI_SEEDS]
+        rows.append(f"| {label} | {data} | " + " | ".join(mean_sd([f[k] for f in figs], d) for k, d in IXI_METRICS) + " |")
+    base = _ixi_baselines(runs_root)["mean_sd"]
+    majority = _ixi_baselines(runs_root)["per_seed"]["0"]["Sex"]["prediction"]
+    rows.append(f"| trivial predictor | median age / majority sex (`{majority}`) | "
+                f"{base['Age']['mean']:.2f} ± {base['Age']['sd']:.2f} | "
+                f"{base['Sex']['mean']:.3f} ± {base['Sex']['sd']:.3f} | – | – |")
+    return "\n".join(rows)
+
+
+@register("ixi-per-seed", "benchmarks/results/runs/ixi/*-seed{0,1,2}.json and benchmarks/results/ixi_baselines.json")
+def ixi_per_seed(runs_root: Path) -> str:
+    def seeds(key: str, prefix: str = "") -> str:
+        figs = [_figures(runs_root, "ixi", f"{key}-seed{s}") for s in IXI_SEEDS]
+        return ", ".join(f"{f[prefix + 'Age.mae']:.2f} / {f[prefix + 'Sex.accuracy']:.3f}" for f in figs)
+    base = _ixi_baselines(runs_root)["per_seed"]
+    trivial = ", ".join(f"{base[str(s)]['Age']['mae']:.2f}" for s in IXI_SEEDS)
+    medians = ", ".join(f"{base[str(s)]['Age']['prediction']:.1f}" for s in IXI_SEEDS)
+    return (f"Per seed (0, 1, 2), age MAE / sex accuracy: `adashare` {seeds('adashare')} (the mean of both\n"
+            f"re-trained architectures: {seeds('adashare', 'candidates.')}); `hard` {seeds('hard')};\n"
+            f"`independent` {seeds('independent')}; regional {seeds('regional')}; trivial {trivial}\n"
+            f"(median age {medians}) / {base['0']['Sex']['accuracy']:.3f}.")
+
+
+@register("ixi-cost", "benchmarks/results/runs/ixi/*-seed{0,1,2}.json")
+def ixi_cost(runs_root: Path) -> str:
+    rows = ["| method | parameters | FLOPs per example, both tasks | wall time per `run` (seeds 0–2, 1 thread) |",
+            "|---|---|---|---|"]
+    for key, label, _ in IXI_METHODS:
+        recs = [_record(runs_root, "ixi", f"{key}-seed{s}") for s in IXI_SEEDS]
+        params = sorted({r["figures"]["parameters"] for r in recs}, key=lambda x: x)
+        flops = [r["figures"]["flops"] for r in recs]
+        label = label.split(" (")[0] if key != "regional" else "regional MLP"
+        if len(params) == 1:
+            p, fl = grouped(params[0]), _mflops(flops[0])
+        else:
+            p = " / ".join(grouped(r["figures"]["parameters"]) for r in recs) + " (selected architecture, seeds 0/1/2)"
+            fl = " / ".join(_mflops(x) for x in flops) + " (tree execution)"
+        rows.append(f"| {label} | {p} | {fl} | {_walls(recs)} |")
+    return "\n".join(rows)
+
+
+# --- AdaShare against hard and independent ---------------------------------------------------------
+
+ADASHARE = {
+    "adult": (("income.accuracy", 4), ("marital-status.accuracy", 4), ("age.mae", 3)),
+    "digits": (("digit.accuracy", 4), ("parity.accuracy", 4), ("large.accuracy", 4), ("value.mae", 3)),
+    "mnist": (("digit.accuracy", 4), ("parity.accuracy", 4), ("large.accuracy", 4), ("value.mae", 3)),
+}
+ADASHARE_SEEDS = (0, 1, 2)
+
+
+def _metric_header(key: str) -> str:
+    task, metric = key.rsplit(".", 1)
+    return f"{task} acc ↑" if metric == "accuracy" else f"{task} MAE ↓"
+
+
+def _adashare_table(runs_root: Path, data: str) -> str:
+    section, metrics = f"adashare-{data}", ADASHARE[data]
+    tasks = [k.rsplit(".", 1)[0] for k, _ in metrics]
+    rows = ["| method | " + " | ".join(_metric_header(k) for k, _ in metrics)
+            + " | Δ_MTL (%) | parameters | FLOPs / example, per task (" + " / ".join(tasks) + ") | wall per run |",
+            "|---" * (len(metrics) + 5) + "|"]
+    for method in ("independent", "hard", "adashare"):
+        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in ADASHARE_SEEDS]
+        figs = [r["figures"] for r in recs]
+        cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
+        delta = "(reference)" if method == "independent" else mean_sd([f["delta_mtl"] for f in figs], 2)
+        params = [f["parameters"] for f in figs]
+        p = grouped(params[0]) if len(set(params)) == 1 else (
+            f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
+        per_task = [statistics.mean(f[f"flops.{t}"] for f in figs) for t in tasks]
+        same = all(len({f[f"flops.{t}"] for f in figs}) == 1 for t in tasks)
+        fl = " / ".join(_mflops(x) for x in per_task) + ("" if same else " (means)")
+        rows.append(f"| `{method}` | " + " | ".join(cells) + f" | {delta} | {p} "
+                    f"| {fl} | {_walls(recs)} |")
+    return "\n".join(rows)
+
+
+def _candidates_line(runs_root: Path, data: str) -> str:
+    section, metrics = f"adashare-{data}", ADASHARE[data]
+    figs = [_figures(runs_root, section, f"adashare-seed{s}") for s in ADASHARE_SEEDS]
+    parts = []
+    for key, d in metrics:
+        vals = [f[f"candidates.{key}"] for f in figs]
+        parts.append(f"{_metric_header(key).rsplit(' ', 1)[0]} {min(vals):.{d}f}–{max(vals):.{d}f}")
+    return ("Mean over the re-trained architectures of each seed (test, not used for any choice; per seed, "
+            "lowest–highest of the three means): " + ", ".join(parts) + ".")
+
+
+def _architectures_line(runs_root: Path, data: str) -> str:
+    section = f"adashare-{data}"
+    out = []
+    for s in ADASHARE_SEEDS:
+        rec = _record(runs_root, section, f"adashare-seed{s}")
+        archs = rec.get("architectures", [])
+        chosen = next((a for a in archs if a.get("selected")), None)
+        pol = rec.get("policy", {})
+        probs = "; ".join(f"{t} " + "/".join(f"{p:.2f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
+        removed = sum(1 for a in archs if a.get("num_removed"))
+        sel = (" ".join("".join(map(str, v)) for v in chosen["policy"].values()) if chosen else "–")
+        out.append(f"- seed {s}: selected `{sel}` of {len(archs)} ({removed} with a block no task runs); "
+                   f"search ended at cycle {pol.get('cycle')}/{pol.get('search_cycles')}, τ = {pol.get('temperature', 0):.2f}, "
+                   f"curriculum {'complete' if pol.get('curriculum_complete') else 'incomplete'}; p_exec {probs}")
+    return "\n".join(out)
+
+
+for _data in ADASHARE:
+    register(f"adashare-{_data}", f"benchmarks/results/runs/adashare-{_data}/*-seed{{0,1,2}}.json")(
+        lambda root, d=_data: _adashare_table(root, d))
+    register(f"adashare-{_data}-candidates", f"benchmarks/results/runs/adashare-{_data}/adashare-seed{{0,1,2}}.json")(
+        lambda root, d=_data: _candidates_line(root, d))
+    register(f"adashare-{_data}-architectures", f"benchmarks/results/runs/adashare-{_data}/adashare-seed{{0,1,2}}.json")(
+        lambda root, d=_data: _architectures_line(root, d))
+
+
+@register("adashare-mnist-task_bn", "benchmarks/results/runs/adashare-mnist/adashare-seed{0,1,2}.json "
+          "and benchmarks/results/runs/adashare-mnist-task_bn/adashare-seed{1,2}.json")
+def adashare_mnist_task_bn(runs_root: Path) -> str:
+    metrics = ADASHARE["mnist"]
+    rows = ["| method | " + " | ".join(_metric_header(k) for k, _ in metrics) + " | parameters | FLOPs / example, all tasks |",
+            "|---" * (len(metrics) + 3) + "|"]
+    base = [_figures(runs_root, "adashare-mnist", f"adashare-seed{s}") for s in ADASHARE_SEEDS]
+    fl = [f["flops"] for f in base]
+    rows.append(f"| `adashare` (above, n = {len(base)}) | " + " | ".join(mean_sd([f[k] for f in base], d) for k, d in metrics)
+                + f" | {' / '.join(sorted({grouped(f['parameters']) for f in base}))} | {_mflops(min(fl))} – {_mflops(max(fl))} |")
+    for s in (1, 2):
+        f = _figures(runs_root, "adashare-mnist-task_bn", f"adashare-seed{s}")
+        rows.append(f"| `adashare`, `task_bn`, seed {s} | " + " | ".join(f"{f[k]:.{d}f}" for k, d in metrics)
+                    + f" | {grouped(f['parameters'])} | {_mflops(f['flops'])} |")
+    return "\n".join(rows)
+
+
+# --- loading throughput ------------------------------------------------------------------------------
+
+
+@register("loading-images", "benchmarks/results/runs/loading/images*.json")
+def loading_images(runs_root: Path) -> str:
+    runs = load_runs("loading", "images", runs_root)
+    last = runs[-1]["result"]
+    rows = ["| cache | median s / epoch | images / s | vs `none` | vs `none`, every stored run |", "|---|---:|---:|---:|---|"]
+    labels = {"none": "`none` (decode PNG from the zip every batch)", "memory": "`memory` (default, warm)",
+              "disk": "`disk` (`.npy` memory map, warm)"}
+    for row in last["rows"]:
+        ratios = [next(r for r in run["result"]["rows"] if r["variant"] == row["variant"])["speedup_vs_none"] for run in runs]
+        spread = f"{min(ratios):.1f}–{max(ratios):.1f}× (n = {len(ratios)})" if len(ratios) > 1 else f"{ratios[0]:.1f}× (n = 1)"
+        rows.append(f"| {labels.get(row['variant'], row['variant'])} | {row['median_s']:.3f} | {grouped(row['images_per_s'])} "
+                    f"| {'**' if row['variant'] == 'memory' else ''}{row['speedup_vs_none']:.1f}×{'**' if row['variant'] == 'memory' else ''} | {spread} |")
+    return "\n".join(rows)
+
+
+@register("loading-volumes", "benchmarks/results/runs/loading/volumes*.json")
+def loading_volumes(runs_root: Path) -> str:
+    runs = load_runs("loading", "volumes", runs_root)
+    last = runs[-1]["result"]
+    rows = ["| cache | volumes/s (median) | min – max | × none | × none, every stored run |", "|---|---|---|---|---|"]
+    labels = {"none": "`none` (every access decodes)", "memory": "`memory` (warm)", "disk": "`disk` (warm, a later run's fresh store)"}
+    def num(v: float) -> str:
+        return grouped(v) if v >= 1000 else f"{v:.1f}"
+    for variant, stats in last["volumes_per_s"].items():
+        ratios = [run["result"]["ratio_vs_none"][variant] for run in runs]
+        spread = f"{min(ratios):.0f}–{max(ratios):.0f} (n = {len(ratios)})" if len(ratios) > 1 else f"{ratios[0]:.0f} (n = 1)"
+        rows.append(f"| {labels.get(variant, variant)} | {num(stats['median'])} | {num(min(stats['all']))} – "
+                    f"{num(max(stats['all']))} | {last['ratio_vs_none'][variant]:.0f} | {spread} |")
+    return "\n".join(rows)
+
+
+# --- AdaShare speed (benchmarks/adashare_speed.py) ---------------------------------------------------
+
+SPEED_NAMES = {"mlp": "MLP", "resnet": "ResNet", "mlp_wide": "wide MLP", "resnet_32px": "32-px ResNet",
+               "mlp_demo": "demo MLP"}
+SPEED_POLICIES = {"random": "random", "all_shared": "all-shared", "disjoint": "disjoint",
+                  "learned_demo": "learned on the demo"}
+
+
+def speed_runs(runs_root: Path, full_only: bool = False) -> list[dict]:
+    """Every stored run of the speed benchmark at the default allocator setting, oldest first
+    (full runs `adashare*.json`; with `full_only` only those, else also `--only`/`--sizes` runs)."""
+    folder = runs_root / "speed"
+    names = sorted({p.stem.split(".")[0] for p in folder.glob("adashare*.json")}) if folder.exists() else []
+    runs = []
+    for name in names:
+        if "default_malloc" in name or (full_only and name != "adashare"):
+            continue
+        runs.extend(load_runs("speed", name, runs_root))
+    if not runs:
+        raise FileNotFoundError(f"no speed records under {folder} (benchmarks/adashare_speed.py)")
+    return sorted(runs, key=lambda r: r["measured"])
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}–{hi:.2f} (n = {len(values)})" if len(values) > 1 else f"{lo:.2f} (n = 1)"
+
+
+def _over_runs(runs: list[dict], key: str) -> list[float]:
+    return [r["figures"][key] for r in runs if key in r["figures"]]
+
+
+@register("speed-search", "the latest full run in benchmarks/results/runs/speed/adashare*.json; ranges over every stored run")
+def speed_search(runs_root: Path) -> str:
+    runs = speed_runs(runs_root)
+    last = speed_runs(runs_root, full_only=True)[-1]["result"]
+    rows = ["| backbone | tasks | window | FLOP ratio | loop ms | auto ms | batched ms | auto speed-up | batched speed-up "
+            "| auto speed-up, every stored run | peak MB loop / auto / batched |", "|---" * 11 + "|"]
+    for r in last["search"]:
+        ms = {k: 1e3 * r["timing"][k]["median_s"] for k in ("loop", "auto", "batched")}
+        key = f"search.{r['backbone']}.{r['tasks']}.{r['window']}.auto"
+        peak = " / ".join(f"{r['peak_bytes'][k] / 2**20:.1f}" for k in ("loop", "auto", "batched"))
+        rows.append(f"| {SPEED_NAMES[r['backbone']]} | {r['tasks']} | {r['window']} | {r['flop_ratio']:.2f} | {ms['loop']:.1f} "
+                    f"| {ms['auto']:.1f} | {ms['batched']:.1f} | **{r['speedup']:.2f}** | {r['speedup_batched']:.2f} "
+                    f"| {_spread(_over_runs(runs, key))} | {peak} |")
+    return "\n".join(rows)
+
+
+@register("speed-tree", "the latest full run in benchmarks/results/runs/speed/adashare*.json; ranges over every stored run")
+def speed_tree(runs_root: Path) -> str:
+    runs = speed_runs(runs_root)
+    last = speed_runs(runs_root, full_only=True)[-1]["result"]
+    rows = ["| backbone | tasks | policy | FLOP ratio | train speed-up | (÷ ratio) | train ÷ ratio, every stored run "
+            "| without the Adam step | bound (one task's step) | train ÷ bound | op ratio | train ÷ op ratio "
+            "| inference speed-up | (÷ ratio) | inference ÷ ratio, every stored run | peak MB, train: per-task / tree "
+            "| peak MB, inference |", "|---" * 17 + "|"]
+    for r in last["tree"]:
+        if r["tasks"] < 4:
+            continue  # the 2-task rows are in the JSON
+        key = f"tree.{r['backbone']}.{r['tasks']}.{r['policy']}"
+        fr = r["flop_ratio"]
+        ops = r["operations"]["per_task"] / r["operations"]["tree"]
+        train_fr = [t / f for t, f in zip(_over_runs(runs, key + ".train"), _over_runs(runs, key + ".flop_ratio"))]
+        inf_fr = [t / f for t, f in zip(_over_runs(runs, key + ".inference"), _over_runs(runs, key + ".flop_ratio"))]
+        pt, pi = r["peak_bytes"]["train"], r["peak_bytes"]["inference"]
+        rows.append(f"| {SPEED_NAMES[r['backbone']]} | {r['tasks']} | {SPEED_POLICIES.get(r['policy'], r['policy'])} | {fr:.2f} "
+                    f"| {r['train_speedup']:.2f} | {r['train_speedup'] / fr:.2f} | {_spread(train_fr)} "
+                    f"| {r['train_speedup_no_step']:.2f} | {r['train_bound']:.2f} | {r['train_speedup'] / r['train_bound']:.2f} "
+                    f"| {ops:.2f} | {r['train_speedup'] / ops:.2f} | {r['inference_speedup']:.2f} "
+                    f"| {r['inference_speedup'] / fr:.2f} | {_spread(inf_fr)} "
+                    f"| {pt['per_task'] / 2**20:.1f} / {pt['tree'] / 2**20:.1f} | {pi['per_task'] / 2**20:.2f} / {pi['tree'] / 2**20:.2f} |")
+    return "\n".join(rows)
+
+
+def _range_median(values: list[float]) -> str:
+    if not values:
+        return "not measured"
+    return (f"{min(values):.2f}–{max(values):.2f}×, median {statistics.median(values):.2f} (n = {len(values)})"
+            if len(values) > 1 else f"{values[0]:.2f}× (n = 1)")
+
+
+@register("speed-targets", "every stored run in benchmarks/results/runs/speed/adashare*.json")
+def speed_targets(runs_root: Path) -> str:
+    runs = speed_runs(runs_root)
+
+    def search(backbone: str, tasks: int, window: str, variant: str = "auto") -> list[float]:
+        return _over_runs(runs, f"search.{backbone}.{tasks}.{window}.{variant}")
+
+    def met(values: list[float], target: float, unit: str = "runs") -> str:
+        if not values:
+            return "not measured"
+        hits = sum(v >= target for v in values)
+        return "met" if hits == len(values) else f"met in {hits} of {len(values)} {unit}"
+
+    def tree_ratio(kind: str, policies: tuple[str, ...], backbones: tuple[str, ...], ops: bool = False) -> list[float]:
+        """speed-up ÷ FLOP ratio (with ``ops``: ÷ the lower of the FLOP and op ratios) of every
+        (row, run) pair with 4 or 8 tasks."""
+        out = []
+        for run in runs:
+            f = run["figures"]
+            for b in backbones:
+                for t in (4, 8):
+                    for p in policies:
+                        key = f"tree.{b}.{t}.{p}"
+                        if f"{key}.{kind}" in f:
+                            limit = min(f[f"{key}.flop_ratio"], f.get(f"{key}.op_ratio", 1e9)) if ops else f[f"{key}.flop_ratio"]
+                            out.append(f[f"{key}.{kind}"] / limit)
+        return out
+
+    def lo_hi(values: list[float]) -> str:
+        if not values:
+            return "not measured"
+        lo, hi = min(values), max(values)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+
+    rows = ["| target | measured (every stored run) | |", "|---|---|---|"]
+    for tasks, target in ((4, 1.5), (8, 2.0)):
+        full = search("mlp", tasks, "full")
+        rows.append(f"| batched search ≥ {target}× the loop, small MLP, {tasks} tasks | full window {_range_median(full)}; "
+                    f"first window {lo_hi(search('mlp', tasks, 'first'))}× | {met(full, target)} |")
+    resnet = search("resnet", 4, "full") + search("resnet", 8, "full") + search("resnet_32px", 4, "full") + search("resnet_32px", 8, "full")
+    rows.append(f"| never slower on the ResNets (full window, 4 and 8 tasks) | {lo_hi(resnet)}× | {met(resnet, 1.0)} |")
+    pairs = "(row, run) pairs"
+    inference = tree_ratio("inference", tuple(SPEED_POLICIES), tuple(SPEED_NAMES))
+    rows.append(f"| tree inference ≥ 0.9 × FLOP ratio (4 and 8 tasks, every network and policy) | {lo_hi(inference)} "
+                f"| {met(inference, 0.9, pairs)} |")
+    train_rd = tree_ratio("train", ("random", "disjoint"), tuple(SPEED_NAMES))
+    rows.append(f"| tree re-training ≥ 0.9 × FLOP ratio, random and disjoint policies | {lo_hi(train_rd)} "
+                f"| {met(train_rd, 0.9, pairs)} |")
+    train_sh = tree_ratio("train", ("all_shared", "learned_demo"), tuple(SPEED_NAMES))
+    rows.append(f"| tree re-training ≥ 0.9 × FLOP ratio, all-shared and learned policies | {lo_hi(train_sh)} "
+                f"| {met(train_sh, 0.9, pairs)} |")
+    train_ops = tree_ratio("train", ("all_shared", "learned_demo"), tuple(SPEED_NAMES), ops=True)
+    rows.append(f"| the same against min(FLOP ratio, op ratio) | {lo_hi(train_ops)} | {met(train_ops, 0.9, pairs)} |")
+    return "\n".join(rows)
+
+
+# --- where and how each section was measured, and its exact commands ----------------------------------
+
+
+def _section_records(runs_root: Path, section: str) -> list[dict]:
+    folder = runs_root / section
+    if not folder.exists():
+        raise FileNotFoundError(f"no run records under {folder}")
+    names = sorted({p.stem.split(".")[0] for p in folder.glob("*.json")})
+    return [r for name in names for r in load_runs(section, name, runs_root)]
+
+
+def measured_line(runs_root: Path, sections: tuple[str, ...]) -> str:
+    """'Measured <dates> at commit <c> (clean tree), torch <v>, <threads> thread(s), <cpus>-core machine;
+    records <folders>': from every record of the sections (several commits or dates are all named)."""
+    records = [r for s in sections for r in _section_records(runs_root, s)]
+    dates = sorted({r["measured"][:10] for r in records})
+    commits = sorted({r["commit"][:7] + (" + uncommitted changes" if r["dirty"] else "") for r in records})
+    torches = sorted({r["torch"] for r in records})
+    threads = sorted({r["threads"] for r in records})
+    cpus = sorted({r["machine"]["cpus"] for r in records})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    folders = ", ".join(f"[`benchmarks/results/runs/{s}/`](../benchmarks/results/runs/{s}/)" for s in sections)
+    return (f"*Measured {when} at commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}, "
+            f"torch {', '.join(torches)}, {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''} "
+            f"on a {'/'.join(map(str, cpus))}-core machine; run records {folders} "
+            f"({len(records)} files: each names its command, commit, date and machine).*")
+
+
+def commands_block(runs_root: Path, section: str) -> str:
+    """The exact command of every record of a section, as a bash block (the reader runs the same)."""
+    commands = []
+    for r in _section_records(runs_root, section):
+        c = r["command"]
+        c = ".venv/bin/" + c if c.startswith("sharewise ") else c
+        if c not in commands:
+            commands.append(c)
+    return "```bash\n" + "\n".join(commands) + "\n```"
+
+
+MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",),
+            "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
+            "loading": ("loading",), "speed": ("speed",)}
+for _key, _sections in MEASURED.items():
+    register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
+        lambda root, s=_sections: measured_line(root, s))
+for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"):
+    register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
+        lambda root, s=_section: commands_block(root, s))
+
+
+@register("speed-malloc", "benchmarks/results/runs/speed/adashare-search-default_malloc.json and adashare-search.json")
+def speed_malloc(runs_root: Path) -> str:
+    default = load_run("speed", "adashare-search-default_malloc", runs_root)["result"]
+    kept = load_run("speed", "adashare-search", runs_root)["result"]
+
+    def faults(r: dict) -> str:
+        return " / ".join(f"{r['timing'][k]['page_faults_per_call']:,.0f}" for k in ("auto", "batched"))
+    kept_rows = {(r["backbone"], r["tasks"], r["window"]): r for r in kept["search"]}
+    rows = ["| backbone | tasks | default: auto speed-up | default: batched | default: faults a step (auto / batched) "
+            "| kept: auto speed-up | kept: batched | kept: faults (auto / batched) |", "|---" * 8 + "|"]
+    for r in default["search"]:
+        if r["window"] != "full" or r["tasks"] < 4:
+            continue
+        k = kept_rows.get((r["backbone"], r["tasks"], r["window"]))
+        if k is None:
+            continue
+        rows.append(f"| {SPEED_NAMES[r['backbone']]} | {r['tasks']} | {r['speedup']:.2f} | {r['speedup_batched']:.2f} "
+                    f"| {faults(r)} | {k['speedup']:.2f} | {k['speedup_batched']:.2f} | {faults(k)} |")
+    return "\n".join(rows)
