@@ -45,7 +45,12 @@ def code_version() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}
+    """Where a run was measured; `cpu_capability` is the vector instruction set torch's CPU kernels
+    use (AVX2, AVX512, ...), which decides their rounding."""
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def figures_from_results(results: Mapping[str, Any], split: str = "test") -> dict[str, float]:
