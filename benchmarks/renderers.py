@@ -260,35 +260,58 @@ def adashare_mnist_task_bn(runs_root: Path) -> str:
 # --- loading throughput ------------------------------------------------------------------------------
 
 
+def _loading_table(runs_root: Path, name: str, header: str, variants: dict[str, dict], labels: dict[str, str],
+                   digits: int = 1) -> str:
+    """One row per cache variant of the latest run of `loading/<name>`: `variants[v]` = {"cells":
+    the row's figures from that run, "ratio": (run -> that variant's ratio to `none`)}; the last
+    column is that ratio over every stored run."""
+    runs = load_runs("loading", name, runs_root)
+    rows = [header, "|---" * (header.count("|") - 1) + "|"]
+    for variant, spec in variants.items():
+        ratios = [spec["ratio"](run["result"]) for run in runs]
+        lo, hi = f"{min(ratios):.{digits}f}", f"{max(ratios):.{digits}f}"
+        spread = f"{lo}× (n = {len(ratios)})" if lo == hi else f"{lo}–{hi}× (n = {len(ratios)})"
+        rows.append(f"| {labels[variant]} | " + " | ".join(spec["cells"](runs[-1]["result"])) + f" | {spread} |")
+    return "\n".join(rows)
+
+
+def _num(v: float) -> str:
+    return grouped(v) if v >= 1000 else f"{v:.1f}"
+
+
 @register("loading-images", "benchmarks/results/runs/loading/images*.json")
 def loading_images(runs_root: Path) -> str:
-    runs = load_runs("loading", "images", runs_root)
-    last = runs[-1]["result"]
-    rows = ["| cache | median s / epoch | images / s | vs `none` | vs `none`, every stored run |", "|---|---:|---:|---:|---|"]
+    def row(variant: str):
+        return lambda result: next(r for r in result["rows"] if r["variant"] == variant)
+
+    def cells(variant: str):
+        def fn(result: dict) -> list[str]:
+            r = row(variant)(result)
+            ratio = f"{r['speedup_vs_none']:.1f}×"
+            return [f"{r['median_s']:.3f}", grouped(r["images_per_s"]), f"**{ratio}**" if variant == "memory" else ratio]
+        return fn
+    variants = {v: {"cells": cells(v), "ratio": (lambda result, v=v: row(v)(result)["speedup_vs_none"])}
+                for v in ("none", "memory", "disk")}
     labels = {"none": "`none` (decode PNG from the zip every batch)", "memory": "`memory` (default, warm)",
               "disk": "`disk` (`.npy` memory map, warm)"}
-    for row in last["rows"]:
-        ratios = [next(r for r in run["result"]["rows"] if r["variant"] == row["variant"])["speedup_vs_none"] for run in runs]
-        spread = f"{min(ratios):.1f}–{max(ratios):.1f}× (n = {len(ratios)})" if len(ratios) > 1 else f"{ratios[0]:.1f}× (n = 1)"
-        rows.append(f"| {labels.get(row['variant'], row['variant'])} | {row['median_s']:.3f} | {grouped(row['images_per_s'])} "
-                    f"| {'**' if row['variant'] == 'memory' else ''}{row['speedup_vs_none']:.1f}×{'**' if row['variant'] == 'memory' else ''} | {spread} |")
-    return "\n".join(rows)
+    return _loading_table(runs_root, "images", "| cache | median s / epoch | images / s | vs `none` | vs `none`, every stored run |",
+                          variants, labels)
 
 
 @register("loading-volumes", "benchmarks/results/runs/loading/volumes*.json")
 def loading_volumes(runs_root: Path) -> str:
-    runs = load_runs("loading", "volumes", runs_root)
-    last = runs[-1]["result"]
-    rows = ["| cache | volumes/s (median) | min – max | × none | × none, every stored run |", "|---|---|---|---|---|"]
-    labels = {"none": "`none` (every access decodes)", "memory": "`memory` (warm)", "disk": "`disk` (warm, a later run's fresh store)"}
-    def num(v: float) -> str:
-        return grouped(v) if v >= 1000 else f"{v:.1f}"
-    for variant, stats in last["volumes_per_s"].items():
-        ratios = [run["result"]["ratio_vs_none"][variant] for run in runs]
-        spread = f"{min(ratios):.0f}–{max(ratios):.0f} (n = {len(ratios)})" if len(ratios) > 1 else f"{ratios[0]:.0f} (n = 1)"
-        rows.append(f"| {labels.get(variant, variant)} | {num(stats['median'])} | {num(min(stats['all']))} – "
-                    f"{num(max(stats['all']))} | {last['ratio_vs_none'][variant]:.0f} | {spread} |")
-    return "\n".join(rows)
+    def cells(variant: str):
+        def fn(result: dict) -> list[str]:
+            stats = result["volumes_per_s"][variant]
+            return [_num(stats["median"]), f"{_num(min(stats['all']))} – {_num(max(stats['all']))}",
+                    f"{result['ratio_vs_none'][variant]:.0f}"]
+        return fn
+    variants = {v: {"cells": cells(v), "ratio": (lambda result, v=v: result["ratio_vs_none"][v])}
+                for v in ("none", "memory", "disk")}
+    labels = {"none": "`none` (every access decodes)", "memory": "`memory` (warm)",
+              "disk": "`disk` (warm, a later run's fresh store)"}
+    return _loading_table(runs_root, "volumes", "| cache | volumes/s (median) | min – max | × none | × none, every stored run |",
+                          variants, labels, digits=0)
 
 
 # --- AdaShare speed (benchmarks/adashare_speed.py) ---------------------------------------------------
