@@ -440,3 +440,15 @@ def test_command_line_run_learns_above_chance_and_writes_the_allocation(tmp_path
     assert allocation["total_components"] == 12 and len(allocation["layers"]) == 3
     assert results["allocation"]["similarity"]["separation"]["binary"] is not None
     assert "Parameter allocation" in (out / "report.md").read_text()
+
+
+def test_budget_flags_with_a_fixed_router_are_one_line_errors(tmp_path, capsys):
+    from sharewise.cli.main import main
+
+    data = _blocks_idx(tmp_path / "idx", n_train=40, n_test=10)
+    rc = main(["train", "--config", "configs/gumbel_matrix/mnist_gumbel_matrix_budget.yaml", "--method", "shared_bottom",
+               "--budget", "0.75", "--budget-penalty", "1.0", "--out", str(tmp_path / "run"), "--no-progress",
+               "--set", f"data.path={data}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "warning" not in line]
+    assert rc == 2 and len(err) == 1 and "fixed router" in err[0], err
+    assert not (tmp_path / "run").exists()

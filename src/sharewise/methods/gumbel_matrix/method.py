@@ -46,7 +46,8 @@ class NetworkOptions(BaseModel):
         None, description="C of every routed layer (mnist, mlp); default mnist 4, mlp one per task")
     widths: list[int] = Field(default_factory=lambda: [32, 32], description="mlp: the routed layers' widths")
     init: Literal["keras", "torch"] = Field("keras", description="keras: Glorot-uniform weights, zero biases (§7)")
-    dropout: float = Field(0.5, ge=0, lt=1, description="before the heads")
+    dropout: float = Field(0.0, ge=0, lt=1, description="before the heads (the replication configs: 0.5, §7); "
+                                                       "masks are drawn per process")
     group_norm_eps: float = Field(1e-6, gt=0, description="TF 1.15's group_norm default (omniglot, clusters)")
     steps_per_task: int | None = Field(None, ge=1, description="rounds (updates per task); default train.max_steps "
                                                                "updates or train.epochs epochs of rounds")
