@@ -190,6 +190,9 @@ class TrainConfig(_Strict):
     eval_every: Int | None = Field(None, ge=1, le=MAX_STEPS)  # steps; default: once per epoch
     checkpoint_every_s: float = Field(120.0, gt=0)  # a kill loses at most this much work
     log_every: Int = Field(20, ge=1, le=MAX_STEPS)  # steps between training-loss records in metrics.jsonl
+    # selection on the mean over tasks of this validation metric (e.g. accuracy) instead of the
+    # validation objective −Σ_t λ_t L_t (a reference, when given, still selects on Δ_MTL)
+    selection_metric: str | None = None
     exp_ids: list[Int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
     gpus: list[Int] = Field(default_factory=list)
     procs: Int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
@@ -202,6 +205,16 @@ class TrainConfig(_Strict):
     keep_host_memory: bool | None = None
     progress: bool = True
     deterministic: bool = True
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _known_metric(cls, v: str | None) -> str | None:
+        from .metrics import METRICS_BY_KIND
+
+        names = {"loss"} | {m.name for ms in METRICS_BY_KIND.values() for m in ms}
+        if v is not None and v not in names:
+            raise ValueError(f"unknown metric {v!r}{close_matches(v, names)} (one of {', '.join(sorted(names))})")
+        return v
 
     @model_validator(mode="after")
     def _trains_at_all(self) -> TrainConfig:

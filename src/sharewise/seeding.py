@@ -13,7 +13,7 @@ import random
 import numpy as np
 import torch
 
-STREAMS = ("split", "init", "data_order", "augment", "gumbel", "arch_sample", "dropout")
+STREAMS = ("split", "init", "data_order", "augment", "gumbel", "arch_sample", "dropout", "round_order", "task_stream")
 
 
 def stream_seed(seed: int, stream: str, *counters: int | tuple[int, ...]) -> int:
@@ -52,6 +52,12 @@ def order_key(parts: tuple[int, ...], radices: tuple[int, ...]) -> int | tuple[i
     for p, r in zip(flat[1:], radices):
         key = key * r + p
     return key
+
+
+def round_order(seed: int, round_: int, num_tasks: int) -> list[int]:
+    """The order in which round ``round_`` of a round-robin loop visits the tasks: a fresh seeded
+    permutation of ``0..num_tasks−1`` every round (parameter allocation §5)."""
+    return [int(i) for i in np_rng(seed, "round_order", round_).permutation(num_tasks)]
 
 
 def generator(seed: int, stream: str, *counters: int | tuple[int, ...]) -> torch.Generator:

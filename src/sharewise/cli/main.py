@@ -117,6 +117,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="column of image paths (sets data.image_col; the inputs are those images)")
     p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
     p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
+    p.add_argument("--budget", type=float, metavar="B",
+                   help="gumbel_matrix: allowed expected fraction of active connections (method.budget)")
+    p.add_argument(*_alias("--budget-penalty"), dest="budget_penalty", type=float, metavar="L",
+                   help="gumbel_matrix: weight of the budget penalty (method.budget_penalty; 0: off)")
     p.add_argument("--seed", type=_integer, help="run seed (train.seed)")
     p.add_argument(*_alias("--exp-name"), dest="exp_name", help="run name: the run directory is runs/<exp-name>")
     p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
@@ -203,6 +207,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raw["method"] = {}
     put("method.name", args.method, "--method")
     put("backbone.name", args.backbone, "--backbone")
+    put("method.budget", getattr(args, "budget", None), "--budget")
+    put("method.budget_penalty", getattr(args, "budget_penalty", None), "--budget-penalty")
     put("train.seed", args.seed, "--seed")
     put("train.epochs", args.epochs, "--epochs")
     if getattr(args, "exp_ids", None):

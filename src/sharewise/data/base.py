@@ -151,6 +151,22 @@ class SharedInputData:
 
         yield from prefetch(build, range(start, n_batches), workers)
 
+    def task_pool(self, split: str, task: str) -> np.ndarray:
+        """The examples of ``split`` with a known target of ``task`` (a round-robin task's stream)."""
+        pool = self.splits[split]
+        return pool[self.examples.masks[task][torch.as_tensor(pool, dtype=torch.long)].numpy()]
+
+    def task_batch(self, split: str, task: str, number: int, batch_size: int, *, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, augment: bool = False) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Batch ``number`` of ``task``'s own stream (:func:`task_stream_index`): ``(inputs, {task: (y, mask)})``."""
+        from ..seeding import generator, stream_seed
+
+        index, epoch, pos = task_stream_index(self.task_pool(split, task), self.task_names.index(task), number,
+                                              batch_size, seed=seed, rank=rank, world_size=world_size)
+        gen = generator(stream_seed(seed, "task_stream", self.task_names.index(task)), "augment", epoch, pos,
+                        rank) if augment else None
+        return self.examples.get_inputs(index, gen), self.examples.get_targets(index, [task])
+
     def split_table(self) -> list[dict[str, Any]]:
         """Rows of ``split.csv``: every example's split (train rows also name train1/train2)."""
         rows: dict[int, dict[str, Any]] = {}
@@ -232,6 +248,22 @@ class PerTaskData:
             if batch:
                 yield batch
 
+    def task_pool(self, split: str, task: str) -> np.ndarray:
+        return self.splits[task][split]
+
+    def task_batch(self, split: str, task: str, number: int, batch_size: int, *, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, augment: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batch ``number`` of ``task``'s own stream (:func:`task_stream_index`): ``{task: (x, y, mask)}``."""
+        from ..seeding import generator, stream_seed
+
+        ti = self.task_names.index(task)
+        index, epoch, pos = task_stream_index(self.task_pool(split, task), ti, number, batch_size, seed=seed,
+                                              rank=rank, world_size=world_size)
+        ex = self.examples[task]
+        gen = generator(stream_seed(seed, "task_stream", ti), "augment", epoch, pos, rank) if augment else None
+        y, m = ex.get_targets(index, [task])[task]
+        return {task: (ex.get_inputs(index, gen), y, m)}
+
     def split_table(self) -> list[dict[str, Any]]:
         rows = []
         for t in self.task_names:
@@ -244,6 +276,25 @@ class PerTaskData:
                 for i in sorted(int(j) for j in self.splits[t].get(name, [])):
                     rows.append({"task": t, "index": i, "id": _id(ids[i]), "split": name, "subsplit": sub.get(i, "")})
         return rows
+
+
+def task_stream_index(pool: np.ndarray, task_index: int, number: int, batch_size: int, *, seed: int, rank: int = 0,
+                      world_size: int = 1) -> tuple[np.ndarray, int, int]:
+    """The examples of batch ``number`` of one task's own training stream, with its (epoch, position).
+
+    The stream is the task's pool reshuffled every epoch (a permutation seeded by the run seed,
+    the task's index and the epoch, shared by every rank and strided by rank), batched without
+    dropping the remainder (an epoch's last batch can be smaller), repeated (parameter
+    allocation §5). A function of its arguments only, so a resumed run draws the same batches."""
+    from ..seeding import stream_seed
+
+    if len(pool) == 0:
+        raise ValueError(f"task {task_index} has no training examples")
+    per_epoch = max(1, -(-(-(-len(pool) // world_size)) // batch_size))
+    epoch, pos = divmod(int(number), per_epoch)
+    order = pool[shard_order(len(pool), shuffle=True, seed=stream_seed(seed, "task_stream", task_index), epoch=epoch,
+                             rank=rank, world_size=world_size)]
+    return order[pos * batch_size:(pos + 1) * batch_size], epoch, pos
 
 
 MultiTaskData = SharedInputData | PerTaskData

@@ -428,7 +428,7 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
                    reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision,
-                   workers=cfg.train.workers)
+                   workers=cfg.train.workers, selection_metric=cfg.train.selection_metric)
 
 
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None,
@@ -500,7 +500,9 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
         candidates = [Candidate(**c) for c in previous["candidates"] if c["name"] not in new_names] + candidates
         new_keys = {(s["phase"], s.get("directory", ".")) for s in summaries}
         summaries = [s for s in previous.get("phases", []) if (s["phase"], s.get("directory", ".")) not in new_keys] + summaries
-    rule = "validation Δ_MTL against the reference" if ctx.reference else "validation objective −Σ_t λ_t L_t"
+    metric = cfg.train.selection_metric
+    rule = ("validation Δ_MTL against the reference" if ctx.reference else
+            f"validation {metric}, mean over tasks" if metric else "validation objective −Σ_t λ_t L_t")
     if not candidates:
         selection = {"selected": None, "checkpoint": None, "rule": rule, "score": None, "val": None,
                      "phases": summaries, "candidates": []}
@@ -513,7 +515,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
             model.load_state_dict(load_checkpoint(run_dir / cand.checkpoint)["model"])
             cand.val = evaluate(model, ctx.data, "val", ctx.tasks, batch_size=cfg.train.eval_batch_size,
                                 device=ctx.device, forward_kwargs=ctx.method.candidate_forward_kwargs(cand))
-        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference)
+        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference, metric)
     best = max(candidates, key=lambda c: c.score)
     selection = {
         "selected": best.name,
@@ -595,6 +597,7 @@ def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
             chosen = (model, cand, metrics, kwargs)
     model, cand, test_metrics, kwargs = chosen
     results = build_results(ctx, selection, test_metrics, model=model, forward_kwargs=kwargs)
+    results.update(ctx.method.results(ctx, model))  # the method's own entries (Method.results)
     if len(per_candidate) > 1:
         results["candidates"] = candidate_summary(per_candidate, ctx.tasks)
     if D.is_main():

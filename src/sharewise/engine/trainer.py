@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import signal
 import sys
@@ -21,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import RunDirError, TrainingError
+from ..data.base import prefetch
+from ..errors import ConfigError, RunDirError, TrainingError
 from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
 from ..metrics import delta_mtl, delta_task, higher_is_better
-from ..seeding import global_rng_state, order_key, set_global_rng_state
+from ..seeding import global_rng_state, order_key, round_order, set_global_rng_state
 from ..tasks import Task, compute_losses, validation_objective
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -67,8 +69,17 @@ class Interrupted(Exception):
 
 
 def selection_score(val: dict[str, dict[str, float]], tasks: Sequence[Task],
-                    reference: dict[str, dict[str, float]] | None = None) -> float:
-    """Δ_MTL on validation when references are given, else ``−Σ_t λ_t L_t^val`` (protocol point 2)."""
+                    reference: dict[str, dict[str, float]] | None = None, metric: str | None = None) -> float:
+    """Δ_MTL on validation when references are given; else, with ``metric`` (``train.selection_metric``),
+    the unweighted mean of that validation metric over the tasks that have it (negated where lower
+    is better, so that higher is always better); else ``−Σ_t λ_t L_t^val`` (protocol point 2)."""
+    if metric is not None and not reference:
+        values = [(val[t.name][metric], metric != "loss" and higher_is_better(t.kind, metric))
+                  for t in tasks if metric in val[t.name]]
+        if not values:
+            raise ConfigError(f"train.selection_metric: no task has a validation metric {metric!r} "
+                              f"(e.g. {', '.join(sorted(k for k in val[tasks[0].name] if k != 'n'))})")
+        return sum(v if up else -v for v, up in values) / len(values)
     if reference:
         deltas = {t.name: delta_task(val[t.name], reference_metrics(reference[t.name], "val"), t.kind,
                                      [t.primary_metric]) for t in tasks if t.name in reference}
@@ -92,7 +103,7 @@ class Trainer:
                  eval_batch_size: int, device: torch.device, logger: MetricsLogger,
                  checkpoint_every_s: float = 120.0, progress: bool = True,
                  reference: dict[str, dict[str, float]] | None = None, log_every: int = 20,
-                 precision: str = "fp32", workers: int = 0) -> None:
+                 precision: str = "fp32", workers: int = 0, selection_metric: str | None = None) -> None:
         self.model = model
         self.data = data
         self.tasks = list(data.tasks)
@@ -108,6 +119,7 @@ class Trainer:
         self.log_every = log_every
         self.precision = precision
         self.workers = workers
+        self.selection_metric = selection_metric
         self._stop = False
         self._ownership: dict[str, tuple[set[int], list[nn.Parameter]]] = {}
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -162,7 +174,7 @@ class Trainer:
         optimizers = {k: build_optimizer(spec, self.model.param_groups(), flat=flat)
                       for k, spec in phase.optimizers.items()}
         self._ownership = {k: self._owned(o) for k, o in optimizers.items()}
-        steps_per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
+        steps_per_cycle = sum(self._stretch_len(s, phase) for s in phase.stretches)
         total = min(phase.cycles * steps_per_cycle, phase.max_steps or math.inf)
         schedulers = {k: build_scheduler(spec, optimizers[k], int(total)) for k, spec in phase.optimizers.items()}
         best_model_state: dict[str, torch.Tensor] | None = None
@@ -217,8 +229,31 @@ class Trainer:
     def _request_stop(self, *_: Any) -> None:
         self._stop = True
 
-    def _stretch_len(self, stretch: Stretch) -> int:
-        return stretch.iters or max(1, self.data.num_batches(stretch.split, self.batch_size, world_size=D.world_size()))
+    def _stretch_len(self, stretch: Stretch, phase: Phase | None = None) -> int:
+        """``iters``, or one pass over the split: its batches, times the tasks in a round-robin loop
+        (where a step is one task's update)."""
+        per_pass = max(1, self.data.num_batches(stretch.split, self.batch_size, world_size=D.world_size()))
+        if phase is not None and phase.loop == "round_robin":
+            per_pass *= len(self.tasks)
+        return stretch.iters or per_pass
+
+    def round_robin_batches(self, split: str, start: int):
+        """The batches of a round-robin loop from update ``start`` on (parameter allocation §5).
+
+        Update s is position ``s mod T`` of round ``⌊s / T⌋``, whose task order is a fresh seeded
+        permutation (:func:`~sharewise.seeding.round_order`); the task visited draws its batch
+        number ``⌊s / T⌋`` (every task is visited once a round) from its own stream
+        (``data.task_batch``: reshuffled every epoch, last batch kept), and only that batch is
+        built. Everything is a function of s, so a run resumed mid-round continues exactly."""
+        names = [t.name for t in self.tasks]
+
+        def build(step: int):
+            round_, position = divmod(step, len(names))
+            task = names[round_order(self.seed, round_, len(names))[position]]
+            return self.data.task_batch(split, task, round_, self.batch_size, seed=self.seed, rank=D.rank(),
+                                        world_size=D.world_size(), augment=True)
+
+        return prefetch(build, itertools.count(start), self.workers)
 
     def _loop(self, phase, state, optimizers, schedulers, best_model_state, last_path, best_path):
         self.model.train()
@@ -234,15 +269,18 @@ class Trainer:
             while state.stretch < len(phase.stretches):
                 stretch = phase.stretches[state.stretch]
                 n_batches = max(1, self.data.num_batches(stretch.split, self.batch_size, world_size=D.world_size()))
-                length = self._stretch_len(stretch)
+                length = self._stretch_len(stretch, phase)
                 while state.stretch_step < length and not self._stopped(phase, state):
-                    rep, pos = divmod(state.stretch_step, n_batches)
-                    # distinct for every (cycle, stretch, repetition); the historical number below 64
-                    # stretches and 4,096 repetitions
-                    epoch_key = order_key((state.cycle, state.stretch, rep), (64, 4096))
-                    batches = self.data.batches(stretch.split, self.batch_size, shuffle=True, seed=self.seed,
-                                                epoch=epoch_key, start=pos, rank=D.rank(),
-                                                world_size=D.world_size(), augment=True, workers=self.workers)
+                    if phase.loop == "round_robin":
+                        batches = self.round_robin_batches(stretch.split, state.step)
+                    else:
+                        rep, pos = divmod(state.stretch_step, n_batches)
+                        # distinct for every (cycle, stretch, repetition); the historical number below 64
+                        # stretches and 4,096 repetitions
+                        epoch_key = order_key((state.cycle, state.stretch, rep), (64, 4096))
+                        batches = self.data.batches(stretch.split, self.batch_size, shuffle=True, seed=self.seed,
+                                                    epoch=epoch_key, start=pos, rank=D.rank(),
+                                                    world_size=D.world_size(), augment=True, workers=self.workers)
                     for batch in batches:
                         if self._stop:
                             self._save(last_path, phase, state, optimizers, schedulers)
@@ -296,7 +334,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        per_cycle = sum(self._stretch_len(s) for s in phase.stretches)
+        per_cycle = sum(self._stretch_len(s, phase) for s in phase.stretches)
         total = min(per_cycle * phase.cycles, phase.max_steps or math.inf)
         return tqdm(total=int(total), initial=state.step, desc=phase.name, file=sys.stderr, leave=False,
                     dynamic_ncols=True, mininterval=0.5, disable=None)  # no bars when stderr is not a terminal
@@ -329,10 +367,10 @@ class Trainer:
         own = self._ownership[stretch.optimizer][0]
         use_ddp = self.ddp is not None and not isinstance(batch, dict) and self._ddp_params <= own
         names = [t.name for t in self.tasks]
-        if phase.loop == "round_robin":  # one task per step, in turn
-            names = [names[state.step % len(names)]]
-            if isinstance(batch, dict):
-                batch = {k: v for k, v in batch.items() if k in names}
+        aux_extra: dict[str, Any] = {}
+        if phase.loop == "round_robin":  # the one task whose batch this is (round_robin_batches)
+            names = list(batch) if isinstance(batch, dict) else list(batch[1])
+            aux_extra = {"tasks": names}  # auxiliary losses of the current task only
             use_ddp = False  # the other tasks' heads get no gradient this step
         with self._autocast():
             outputs = forward_batch(self.ddp if use_ddp else self.model, batch, names, kwargs)
@@ -348,7 +386,7 @@ class Trainer:
         total = (losses * weights).sum() if names else torch.zeros((), device=self.device)
         logged = {f"loss/{t}": v for t, v in zip(names, losses.tolist())}
         if stretch.objective == "task+aux":
-            aux = self.model.aux_losses(**(stretch.aux_kwargs(state) if stretch.aux_kwargs else {}))
+            aux = self.model.aux_losses(**(stretch.aux_kwargs(state) if stretch.aux_kwargs else {}), **aux_extra)
             for name, value in aux.items():
                 total = total + value
                 logged[f"aux/{name}"] = value.item()
@@ -356,10 +394,15 @@ class Trainer:
         (self.scaler.scale(total) if self.scaler else total).backward()
         if D.is_distributed() and not use_ddp:
             _average_gradients([p for g in optimizer.param_groups for p in g["params"]])
+        spec = phase.optimizers[stretch.optimizer]
+        if spec.step_without_grad:  # TF1 semantics: a zero gradient, so momentum still moves it
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    if p.grad is None and p.requires_grad:
+                        p.grad = torch.zeros_like(p)
         if self.scaler:
             self.scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        spec = phase.optimizers[stretch.optimizer]
         if spec.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
         else:
@@ -403,7 +446,7 @@ class Trainer:
         kwargs = phase.eval_kwargs(state) if phase.eval_kwargs else {}
         val = evaluate(self.model, self.data, phase.eval_split, self.tasks, batch_size=self.eval_batch_size,
                        device=self.device, forward_kwargs=kwargs)
-        score = selection_score(val, self.tasks, self.reference)
+        score = selection_score(val, self.tasks, self.reference, self.selection_metric)
         flat = {f"{t}/{m}": v for t, ms in val.items() for m, v in ms.items() if m != "n"}
         flat["selection_score"] = score
         self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)

@@ -1,5 +1,6 @@
 """Parts several methods share: the task context, task-aware normalisation, Gumbel sampling and
-temperature schedules, and per-task replacement of a network's modules.
+temperature schedules, per-task replacement of a network's modules, and routed layers with their
+Gumbel-matrix routers (parameter allocation).
 
 Every layer here is a plain ``torch.nn.Module`` usable on its own; which task a call is for comes
 from the task context (:mod:`sharewise.layers.context`), never from state set inside ``forward``.
@@ -12,8 +13,14 @@ from .gumbel import (exponential_temperature, gumbel_noise, gumbel_sigmoid, gumb
 from .norm import (PerTaskBatchNorm, TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, has_per_task_norms,
                    per_task_norms, supports_task_groups, task_aware_norms)
 from .per_task import replace_modules
+from .routing import (ConvComponent, DenseComponent, FixedRouter, GumbelMatrixRouter, IdentityComponent, PoolComponent,
+                      RoutedLayer, avg_pool_same, bernoulli_entropy, combine, conv2d_same, max_pool_same, pad_same,
+                      same_padding)
 
-__all__ = ["PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "TaskContext", "current",
+__all__ = ["ConvComponent", "DenseComponent", "FixedRouter", "GumbelMatrixRouter", "IdentityComponent",
+           "PoolComponent", "RoutedLayer", "avg_pool_same", "bernoulli_entropy", "combine", "conv2d_same",
+           "max_pool_same", "pad_same", "same_padding",
+           "PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "TaskContext", "current",
            "exponential_temperature", "gumbel_noise", "gumbel_sigmoid", "gumbel_softmax", "has_per_task_norms",
            "inverse_sqrt_temperature", "per_task_norms", "register_group_hooks", "repeated_passes", "replace_modules",
            "single_task", "steps_to_temperature", "straight_through", "supports_task_groups", "task_aware_norms",

@@ -80,6 +80,10 @@ class OptimSpec:
     step_size: int = 1000
     gamma: float = 0.5
     grad_clip: float | None = None
+    # a parameter that got no gradient in a step: False leaves it untouched (PyTorch semantics);
+    # True gives it a zero gradient, so Adam's momentum still moves it (TF1 semantics, §5 of
+    # parameter allocation: every parameter materialised, zero-filled)
+    step_without_grad: bool = False
 
 
 @dataclass
@@ -293,6 +297,11 @@ class Method(abc.ABC):
     def on_selection(self, ctx: MethodContext, selection: dict[str, Any]) -> None:
         """Called once the engine has chosen among the candidates (``selection.json``'s content),
         e.g. to record the choice in the method's own artefacts. Nothing by default."""
+
+    def results(self, ctx: MethodContext, model: MultiTaskModel) -> dict[str, Any]:
+        """Method-specific entries of ``results.json`` for the selected ``model`` (e.g. parameter
+        allocation's task similarity), JSON-serialisable; none by default."""
+        return {}
 
     @classmethod
     def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:
