@@ -12,9 +12,10 @@ from .gumbel import (exponential_temperature, gumbel_noise, gumbel_sigmoid, gumb
 from .norm import (PerTaskBatchNorm, TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, has_per_task_norms,
                    per_task_norms, supports_task_groups, task_aware_norms)
 from .per_task import replace_modules
+from .tal import TALConv2d, TALLinear, functional_penalty, gaussian_moments
 
 __all__ = ["PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "TaskContext", "current",
            "exponential_temperature", "gumbel_noise", "gumbel_sigmoid", "gumbel_softmax", "has_per_task_norms",
            "inverse_sqrt_temperature", "per_task_norms", "register_group_hooks", "repeated_passes", "replace_modules",
-           "single_task", "steps_to_temperature", "straight_through", "supports_task_groups", "task_aware_norms",
+           "single_task", "steps_to_temperature", "TALConv2d", "TALLinear", "functional_penalty", "gaussian_moments", "straight_through", "supports_task_groups", "task_aware_norms",
            "task_groups"]
