@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sharewise.config import validate_config
 from sharewise.data.sources import build_data
@@ -207,3 +208,23 @@ def test_configs_validate(name, method):
     cfg = load_config(repo / "configs" / "taan" / f"{name}.yaml")
     assert cfg.data.source == "yt8m" and cfg.method.name == method
     assert cfg.backbone.options == {"width": 256, "depth": 1, "norm": "none"}
+
+
+def test_disk_cache_of_parsed_shards(shards, tmp_path, monkeypatch):
+    from sharewise.data import yt8m
+
+    root, _ = shards
+    opts = {"path": str(root), "verticals": "all", "cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    first = build_data(_cfg(opts)).data
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(yt8m, "_parse_shard", no_parse)
+    second = build_data(_cfg(opts)).data
+    for t in first.task_names:
+        assert list(first.examples[t].ids) == list(second.examples[t].ids)
+        assert torch.equal(first.examples[t].targets[t], second.examples[t].targets[t])
+        idx = np.arange(len(first.examples[t]))
+        assert torch.equal(first.examples[t].get_inputs(idx), second.examples[t].get_inputs(idx))

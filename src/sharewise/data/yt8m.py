@@ -68,6 +68,8 @@ class Yt8mOptions(BaseModel):
     layout: Literal["per_task", "shared"] = "per_task"
     standardize: bool = False
     verify_crc: bool = True
+    cache: Literal["none", "disk"] = "none"  # disk: parsed shards as .npz keyed by the file's SHA-256
+    cache_dir: str | None = None  # default $SHAREWISE_CACHE/yt8m or ~/.cache/sharewise/yt8m
 
 
 def task_slug(name: str) -> str:
@@ -79,16 +81,64 @@ def task_slug(name: str) -> str:
 # ----------------------------------------------------------------- reading
 
 
-def read_videos(paths: list[Path], *, verify: bool = True
+CACHE_VERSION = 1
+
+
+def read_videos(paths: list[Path], *, verify: bool = True, cache_dir: Path | None = None
                 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
     """Ids (n,) str, label index arrays, features (n, 1152) float32 and the file number (n,) of
-    every video in ``paths``."""
-    file_no = {Path(p): i for i, p in enumerate(paths)}
-    origin: list[int] = []
+    every video in ``paths``; with ``cache_dir`` each shard's parsed arrays are kept there as
+    ``<sha256 of the file>.npz`` and reused by later reads."""
+    parts = [_read_shard(p, verify, cache_dir) for p in paths]
+    ids_arr = np.concatenate([q[0] for q in parts])
+    labels = [lab for q in parts for lab in q[1]]
+    x = np.concatenate([q[2] for q in parts])
+    origin = np.concatenate([np.full(len(q[0]), i, dtype=np.int64) for i, q in enumerate(parts)])
+    if not len(ids_arr):
+        raise DataError(f"{', '.join(map(str, paths[:3]))}{' ...' if len(paths) > 3 else ''}: no records")
+    uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"video id {uniq[counts > 1][0]!r} occurs {counts[counts > 1][0]} times in the shards; "
+                        "give each shard once")
+    return ids_arr, labels, x, origin
+
+
+def _read_shard(path: Path, verify: bool, cache_dir: Path | None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    cached = None
+    if cache_dir is not None:
+        import hashlib
+
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the file: {err.strerror or err}") from None
+        cached = cache_dir / f"v{CACHE_VERSION}-{digest}.npz"
+        if cached.is_file():
+            try:
+                with np.load(cached, allow_pickle=False) as z:
+                    ids, flat, ends, x = z["ids"], z["labels"], z["ends"], z["x"]
+                return ids.astype(object), np.split(flat, ends[:-1]), x
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache file is rebuilt
+    ids, labels, x = _parse_shard(path, verify)
+    if cached is not None:
+        import io
+
+        from ..files import atomic_write_bytes
+
+        buf = io.BytesIO()
+        ends = np.cumsum([len(a) for a in labels]).astype(np.int64)
+        np.savez(buf, ids=ids.astype(str), labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                 ends=ends, x=x)
+        atomic_write_bytes(cached, buf.getvalue())
+    return ids, labels, x
+
+
+def _parse_shard(path: Path, verify: bool) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     ids: list[str] = []
     labels: list[np.ndarray] = []
     feats: list[np.ndarray] = []
-    for path, offset, f in read_examples(paths, verify=verify):
+    for path, offset, f in read_examples([path], verify=verify):
         where = f"{path}: the record at byte {offset}"
         for name, kind, size in (("id", "bytes", None), ("labels", "int64", None), ("mean_rgb", "float", RGB),
                                  ("mean_audio", "float", AUDIO)):
@@ -98,20 +148,12 @@ def read_videos(paths: list[Path], *, verify: bool = True
                                 "id, labels, mean_rgb and mean_audio)")
             if size is not None and len(got[1]) != size:  # type: ignore[arg-type]
                 raise DataError(f"{where}: {name} has {len(got[1])} values, expected {size}")  # type: ignore[arg-type]
-        origin.append(file_no[Path(path)])
         ids.append(f["id"][1][0].decode("utf-8", "replace"))  # type: ignore[index]
         lab = f["labels"][1]
         labels.append(np.zeros(0, np.int64) if lab is None else np.asarray(lab))
         feats.append(np.concatenate([f["mean_rgb"][1], f["mean_audio"][1]]))  # type: ignore[list-item]
-    if not ids:
-        raise DataError(f"{', '.join(map(str, paths[:3]))}{' ...' if len(paths) > 3 else ''}: no records")
-    x = np.stack(feats).astype(np.float32, copy=False)
-    ids_arr = np.array(ids, dtype=object)
-    uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
-    if (counts > 1).any():
-        raise DataError(f"video id {uniq[counts > 1][0]!r} occurs {counts[counts > 1][0]} times in the shards; "
-                        "give each shard once")
-    return ids_arr, labels, x, np.asarray(origin, dtype=np.int64)
+    x = np.stack(feats).astype(np.float32, copy=False) if feats else np.zeros((0, RGB + AUDIO), np.float32)
+    return np.array(ids, dtype=object), labels, x
 
 
 def read_vocabulary(path: Path):
@@ -255,7 +297,18 @@ def build_yt8m(cfg: Config, opts: Yt8mOptions) -> LoadedData:
     vocab = read_vocabulary(vocab_path)
     groups = build_groups(vocab, opts, vocab_path)
 
-    ids, labels, x, origin = read_videos(paths, verify=opts.verify_crc)
+    cache_dir = None
+    if opts.cache == "disk":
+        import os
+
+        cache_dir = Path(opts.cache_dir) if opts.cache_dir else (
+            Path(os.environ["SHAREWISE_CACHE"]) / "yt8m" if os.environ.get("SHAREWISE_CACHE")
+            else Path.home() / ".cache" / "sharewise" / "yt8m")
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"data.cache_dir: cannot create {cache_dir}: {err.strerror or err}") from None
+    ids, labels, x, origin = read_videos(paths, verify=opts.verify_crc, cache_dir=cache_dir)
     n = len(ids)
     if opts.files is not None:
         split_of_file = np.array([k for k, s in enumerate(("train", "val", "test")) for _ in parts.get(s, [])])
