@@ -228,3 +228,20 @@ def test_disk_cache_of_parsed_shards(shards, tmp_path, monkeypatch):
         assert torch.equal(first.examples[t].targets[t], second.examples[t].targets[t])
         idx = np.arange(len(first.examples[t]))
         assert torch.equal(first.examples[t].get_inputs(idx), second.examples[t].get_inputs(idx))
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("data.verticals=[Gamez]", "unknown vertical 'Gamez'"),
+    ("data.path=/nonexistent/x*.tfrecord", "no file matches"),
+])
+def test_cli_bad_input_is_one_line(shards, tmp_path, capsys, setting, message):
+    from sharewise.cli.main import main
+
+    root, _ = shards
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(root), "--set", "data.source=yt8m", "--set", setting, "--out", str(out),
+               "--no-progress", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
