@@ -69,7 +69,13 @@ def test_shapes_names_context_and_subsets():
     torch.testing.assert_close(out[:, 0], layer(per_task[:, 0], task=1))
     with pytest.raises(KeyError):
         layer(x, task="z")
+    calls = []
+    layer.linear.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    layer(x)
+    assert calls == [(8, 6)]  # all tasks on a shared input: the affine part once
     conv = TALConv2d(2, 4, 3, num_tasks=3, num_basis=4, padding=1)
+    assert conv(torch.randn(2, 2, 5, 5)).shape == (2, 3, 4, 5, 5)  # training mode, BatchNorm2d as three calls
+    assert int(conv.norm.num_batches_tracked) == 3
     conv.eval()
     img = torch.randn(2, 2, 5, 5)
     assert conv(img, task=0).shape == (2, 4, 5, 5)

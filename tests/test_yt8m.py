@@ -153,6 +153,8 @@ def test_bad_input_is_one_clear_line(shards, tmp_path):
     root, _ = shards
     with pytest.raises(ConfigError, match=r"unknown vertical 'Gamez'.*did you mean: Games"):
         build_data(_cfg({"path": str(root), "verticals": ["Gamez"]}))
+    with pytest.raises(ConfigError, match=r"unknown vertical .Gamez."):
+        build_data(_cfg({"path": str(root), "verticals": "Gamez"}))
     with pytest.raises(ConfigError, match="reference vertical 'Arts & Entertainment'|reference vertical"):
         build_data(_cfg({"path": str(root)}))  # the tiny vocabulary lacks most of the 16 verticals
     with pytest.raises(DataError, match="no file matches"):
@@ -180,14 +182,15 @@ def test_shipped_sample_gives_the_16_reference_tasks():
     assert sum(data.meta["videos"]["games"].values()) == len(data.examples["games"])
 
 
-def test_tiny_run_writes_gap(shards, tmp_path):
+@pytest.mark.parametrize("method", ["hard", "independent"])
+def test_tiny_run_writes_gap(shards, tmp_path, method):
     from sharewise import fit
 
     root, _ = shards
     cfg = {
         "data": {"source": "yt8m", "path": str(root), "verticals": ["Games", "Arts & Entertainment", "Sports"]},
         "backbone": {"name": "mlp", "width": 16, "depth": 1, "norm": "none"},
-        "method": {"name": "hard"},
+        "method": {"name": method},
         "train": {"epochs": 1, "max_steps": 3, "batch_size": 8, "threads": 1},
         "output": {"dir": str(tmp_path / "run")},
     }

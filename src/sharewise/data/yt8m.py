@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..config import Config
 from ..errors import ConfigError, DataError, close_matches
@@ -70,6 +70,11 @@ class Yt8mOptions(BaseModel):
     verify_crc: bool = True
     cache: Literal["none", "disk"] = "none"  # disk: parsed shards as .npz keyed by the file's SHA-256
     cache_dir: str | None = None  # default $SHAREWISE_CACHE/yt8m or ~/.cache/sharewise/yt8m
+
+    @field_validator("verticals", mode="before")
+    @classmethod
+    def _one_name(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) and v not in ("reference", "all") else v
 
 
 def task_slug(name: str) -> str:
