@@ -129,3 +129,16 @@ def test_soft_ordering_first_depth_once_for_a_shared_input():
     layer(torch.randn(5, 4))
     assert rows == [5, 5, 15, 15]  # depth 1 on the 5 shared rows, depth 2 on 5 × 3 task rows
     assert float(layer.regularization(1.0)) == 0.0
+
+
+def test_task_rows_count_only_the_tasks_own_row():
+    from sharewise.cost import _path_pieces
+    from sharewise.layers import TALLinear
+
+    tal = TALLinear(6, 5, num_tasks=4, num_basis=3)
+    path = sum(_path_pieces([tal], 2).values())
+    assert path == 6 * 5 + 5 + 3 + 3  # W, b, the shared hinges β and task 2's three slopes
+    mmoe = MMoE(6, 5, num_tasks=4, num_experts=2)
+    assert sum(_path_pieces([mmoe], 0).values()) == 2 * (6 * 5 + 5) + 2 * 6
+    order = SoftOrdering(5, num_tasks=4, num_layers=2)
+    assert sum(_path_pieces([order], 1).values()) == 2 * (5 * 5 + 5) + 2 * 2

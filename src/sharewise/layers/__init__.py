@@ -13,13 +13,13 @@ from .gumbel import (exponential_temperature, gumbel_noise, gumbel_sigmoid, gumb
                      steps_to_temperature, straight_through)
 from .norm import (PerTaskBatchNorm, TaskBatchNorm1d, TaskBatchNorm2d, TaskBatchNorm3d, has_per_task_norms,
                    per_task_norms, supports_task_groups, task_aware_norms)
-from .per_task import replace_modules
+from .per_task import TaskRows, replace_modules
 from .cross_stitch import CrossStitchConv2d, CrossStitchLinear, CrossStitchUnit, near_identity
 from .mmoe import MMoE
 from .soft_order import SoftOrdering
 from .tal import TALConv2d, TALLinear, functional_penalty, gaussian_moments
 
-__all__ = ["CrossStitchConv2d", "CrossStitchLinear", "CrossStitchUnit", "MMoE", "SoftOrdering", "near_identity",
+__all__ = ["CrossStitchConv2d", "CrossStitchLinear", "CrossStitchUnit", "MMoE", "SoftOrdering", "TaskRows", "near_identity",
            "PerTaskBatchNorm", "TaskBatchNorm1d", "TaskBatchNorm2d", "TaskBatchNorm3d", "TaskContext", "current",
            "exponential_temperature", "gumbel_noise", "gumbel_sigmoid", "gumbel_softmax", "has_per_task_norms",
            "inverse_sqrt_temperature", "per_task_norms", "register_group_hooks", "repeated_passes", "replace_modules",

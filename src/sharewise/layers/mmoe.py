@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ._task_arg import check_task_names, resolve_task
+from .per_task import TaskRows
 
 
 class MMoE(nn.Module):
@@ -39,7 +40,12 @@ class MMoE(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.num_experts = len(self.experts)
         self.in_features, self.out_features = in_features, out_features
-        self.gates = nn.Parameter(torch.randn(self.num_tasks, self.num_experts, in_features) * 0.01)  # (T, E, d_gate)
+        self.gate_rows = TaskRows(torch.randn(self.num_tasks, self.num_experts, in_features) * 0.01)  # (T, E, d_gate)
+
+    @property
+    def gates(self) -> nn.Parameter:
+        """The gate matrices G (T, E, d_gate), a row per task on each task's path."""
+        return self.gate_rows.value
 
     def gate_weights(self, x: torch.Tensor, ids: Sequence[int] | None = None) -> torch.Tensor:
         """``softmax(G_t x)`` over the experts, ``(B, n, E)``."""

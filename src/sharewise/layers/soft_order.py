@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._task_arg import check_task_names, resolve_task
+from .per_task import TaskRows
 
 
 class SoftOrdering(nn.Module):
@@ -42,7 +43,12 @@ class SoftOrdering(nn.Module):
         self.depth = int(depth) if depth is not None else self.num_layers
         if self.depth < 1 or self.num_layers < 1:
             raise ValueError(f"SoftOrdering needs >= 1 layer and depth >= 1 (got {self.num_layers}, {self.depth})")
-        self.order_logits = nn.Parameter(torch.randn(self.num_tasks, self.depth, self.num_layers) * 0.01)  # (T, D, L)
+        self.order_rows = TaskRows(torch.randn(self.num_tasks, self.depth, self.num_layers) * 0.01)  # S (T, D, L)
+
+    @property
+    def order_logits(self) -> nn.Parameter:
+        """The per-task ordering logits S (T, D, L), a row per task on each task's path."""
+        return self.order_rows.value
 
     def _all_layers(self, h: torch.Tensor) -> torch.Tensor:
         return torch.stack([f(h) for f in self.shared_layers], 1)  # (N, L, ...)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._task_arg import check_task_names, resolve_task
+from .per_task import TaskRows
 
 REGULARIZERS = ("none", "distance", "cosine", "l21", "nuclear")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -178,12 +179,17 @@ class _TAL(nn.Module):
         self.measure = measure if isinstance(measure, str) else (float(measure[0]), float(measure[1]))
         self.basis_grad, self.cosine_detach_norms, self.nuclear_metric = basis_grad, cosine_detach_norms, nuclear_metric
         self.bn_stats, self.dropout = bn_stats, float(dropout)
-        self.alpha = nn.Parameter(torch.randn(self.num_tasks, self.num_basis) * 0.01)  # (tasks, basis)
+        self.slopes = TaskRows(torch.randn(self.num_tasks, self.num_basis) * 0.01)  # α (tasks, basis), N(0, 0.01²)
         self.beta = nn.Parameter(torch.rand(self.num_basis) - 0.5)  # hinges, Uniform(−0.5, 0.5)
         # running mean and sd of z over batch and units (momentum 0.1, like BatchNorm's statistics):
         # the 'ema' measure, and what to log to judge the standard-normal assumption
         self.register_buffer("z_mean", torch.zeros(()))
         self.register_buffer("z_sd", torch.ones(()))
+
+    @property
+    def alpha(self) -> nn.Parameter:
+        """The task-specific slopes α (T, M) (stored in ``slopes``, a row per task on each task's path)."""
+        return self.slopes.value
 
     # ------------------------------------------------------------ forward
 
