@@ -54,6 +54,9 @@ class MMoE(nn.Module):
         return torch.softmax(torch.einsum("ted,bd->bte", gates, g), dim=-1)
 
     def forward(self, x: torch.Tensor, task=None) -> torch.Tensor:
+        if x.ndim not in (2, 4):
+            raise ValueError(f"MMoE: expected a shared input (B, {self.in_features}) or (B, C, H, W), got {tuple(x.shape)} "
+                             "(the experts and gates read one input for all tasks)")
         single, ids = resolve_task(task, self.num_tasks, self.task_names)
         outs = torch.stack([e(x) for e in self.experts], 1)  # (B, E, ...)
         weights = self.gate_weights(x, ids)  # (B, n, E)
