@@ -248,3 +248,12 @@ def test_cli_bad_input_is_one_line(shards, tmp_path, capsys, setting, message):
     assert rc == 2 and message in err and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_file_wise_split_rejects_ratios_and_repeated_shards(shards):
+    root, _ = shards
+    files = sorted(root.glob("train*.tfrecord"))
+    with pytest.raises(ConfigError, match="split.ratios: not used with data.files"):
+        build_data(_cfg({"files": {"train": [str(files[0])]}, "verticals": "all"}, split={"ratios": [0.7, 0.15, 0.15]}))
+    with pytest.raises(ConfigError, match="given twice"):
+        build_data(_cfg({"files": {"train": [str(files[0])], "val": [str(files[0])]}, "verticals": "all"}))

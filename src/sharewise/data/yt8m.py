@@ -274,9 +274,10 @@ def build_yt8m(cfg: Config, opts: Yt8mOptions) -> LoadedData:
     if opts.files is not None:
         if cfg.data.path:
             raise ConfigError("give either data.path (split by video id) or data.files (split by file), not both")
-        missing = [s for s in ("train", "val", "test") if not opts.files.get(s)]
-        if "train" in missing:
+        if not opts.files.get("train"):
             raise ConfigError("data.files: the train files are required")
+        if cfg.split.ratios is not None:
+            raise ConfigError("split.ratios: not used with data.files (the files give the split); remove one of them")
         parts = {s: expand_paths(opts.files[s], key=f"data.files.{s}") for s in opts.files if opts.files[s]}
         paths = [p for s in ("train", "val", "test") for p in parts.get(s, [])]
         first = paths[0]
@@ -294,7 +295,7 @@ def build_yt8m(cfg: Config, opts: Yt8mOptions) -> LoadedData:
     seen = set()
     for p in paths:
         if p.resolve() in seen:
-            raise ConfigError(f"data.files: {p} is given twice")
+            raise ConfigError(f"{'data.files' if opts.files is not None else 'data.path'}: the shard {p} is given twice")
         seen.add(p.resolve())
     vocab_path = Path(opts.vocabulary) if opts.vocabulary else first.parent / "vocabulary.csv"
     if not opts.vocabulary and not vocab_path.is_file():
