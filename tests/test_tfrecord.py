@@ -138,3 +138,53 @@ def test_shipped_sample_reads_2950_videos():
         assert f["mean_rgb"][1].shape == (1024,) and f["mean_audio"][1].shape == (128,)
         assert len(f["id"][1]) == 1
     assert (n, labels) == (2950, 8906)
+
+
+def _example_class():
+    """``tf.train.Example`` built from its schema with the protobuf runtime (an independent decoder)."""
+    pytest.importorskip("google.protobuf")
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(name="sharewise_test_example.proto", package="swtest", syntax="proto3")
+    lab = descriptor_pb2.FieldDescriptorProto
+    for name, type_, packed in (("BytesList", lab.TYPE_BYTES, False), ("FloatList", lab.TYPE_FLOAT, True),
+                                ("Int64List", lab.TYPE_INT64, True)):
+        m = f.message_type.add(name=name)
+        fld = m.field.add(name="value", number=1, label=lab.LABEL_REPEATED, type=type_)
+        if packed:
+            fld.options.packed = True
+    feat = f.message_type.add(name="Feature")
+    feat.oneof_decl.add(name="kind")
+    for i, (name, tname) in enumerate((("bytes_list", "BytesList"), ("float_list", "FloatList"),
+                                       ("int64_list", "Int64List")), 1):
+        feat.field.add(name=name, number=i, label=lab.LABEL_OPTIONAL, type=lab.TYPE_MESSAGE,
+                       type_name=f".swtest.{tname}", oneof_index=0)
+    feats = f.message_type.add(name="Features")
+    entry = feats.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, label=lab.LABEL_OPTIONAL, type=lab.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=lab.LABEL_OPTIONAL, type=lab.TYPE_MESSAGE, type_name=".swtest.Feature")
+    feats.field.add(name="feature", number=1, label=lab.LABEL_REPEATED, type=lab.TYPE_MESSAGE,
+                    type_name=".swtest.Features.FeatureEntry")
+    ex = f.message_type.add(name="Example")
+    ex.field.add(name="features", number=1, label=lab.LABEL_OPTIONAL, type=lab.TYPE_MESSAGE, type_name=".swtest.Features")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("swtest.Example"))
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="shared Youtube-8M sample not present")
+def test_parser_agrees_with_the_protobuf_runtime_on_the_sample():
+    Example = _example_class()
+    records = tr.read_records(SAMPLE / "validate0000.tfrecord")
+    for _, payload in records[:20]:
+        ref = Example.FromString(payload).features.feature
+        got = tr.parse_example(payload)
+        assert got["id"][1] == list(ref["id"].bytes_list.value)
+        assert got["labels"][1].tolist() == list(ref["labels"].int64_list.value)
+        np.testing.assert_array_equal(got["mean_rgb"][1], np.array(ref["mean_rgb"].float_list.value, np.float32))
+        np.testing.assert_array_equal(got["mean_audio"][1], np.array(ref["mean_audio"].float_list.value, np.float32))
+    # and what the test writer produces is a valid Example for the runtime too
+    e = _examples(1)[0]
+    ref = Example.FromString(tr.encode_example(e)).features.feature
+    assert list(ref["labels"].int64_list.value) == e["labels"].tolist()
