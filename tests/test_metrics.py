@@ -54,3 +54,18 @@ def test_multilabel_metrics():
     assert M.hit_at_1(y, s) == 0.5
     # GAP over all 6 predictions sorted by score: .9(hit) .8(miss) .7(hit) .1 .1(hit?) ...
     assert 0 < M.gap_at_k(y, s, 20) <= 1
+
+
+def test_gap_map_hit_hand_computed():
+    # k = 2; video B's third class is a positive outside its top 2, video C finds no positive in its top 2
+    y = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
+    s = np.array([[0.9, 0.1, 0.05, 0.0], [0.8, 0.7, 0.1, 0.6], [0.5, 0.4, 0.3, 0.2]])
+    # pooled top-2 pairs by score: .9 (1) .8 (0) .7 (1) .5 (0) .4 (0) .1 (0); P = 4 positives
+    assert M.gap_at_k(y, s, 2) == pytest.approx((1 / 1 + 2 / 3) / 4)
+    # per video: A hits at rank 1 -> 1; B hits at rank 2 -> 1/2; C none -> 0
+    assert M.map_at_k(y, s, 2) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert M.hit_at_1(y, s) == pytest.approx(1 / 3)
+    # k beyond the number of classes uses every class: B finds ranks 2 (class 1) and 3 (class 3 is .6 -> rank 2)
+    # B's ranking: .8 (0) .7 (1) .6 (0) .1 (1): precisions 1/2 and 2/4
+    assert M.map_at_k(y[1:2], s[1:2], 10) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert M.gap_at_k(y[1:2], s[1:2], 20) == pytest.approx((1 / 2 + 2 / 4) / 2)

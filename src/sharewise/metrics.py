@@ -103,13 +103,19 @@ def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # y_true: (n, C) {0,1}; y_score: (n, C) probabilities.
 
 def gap_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 20) -> float:
-    """Global average precision over the top-k predictions of every example (YouTube-8M GAP)."""
+    """Global average precision of the top-k predictions of every example (the YouTube-8M GAP@k).
+
+    Every example contributes its top ``min(k, C)`` (score, label) pairs; the pooled pairs are sorted
+    by score and ``GAP = (1/P) Σ_i precision@i · y_(i)`` with ``P`` the number of positive labels of
+    all examples, including positives outside every top-k (so a missed positive lowers GAP).
+    """
     if not len(y_true):
         return math.nan
+    y_true = np.asarray(y_true, dtype=float)
     k = min(k, score.shape[1])
     top = np.argsort(-score, axis=1, kind="stable")[:, :k]
     conf = np.take_along_axis(score, top, 1).ravel()
-    hit = np.take_along_axis(y_true, top, 1).ravel().astype(float)
+    hit = np.take_along_axis(y_true, top, 1).ravel()
     n_pos = float(y_true.sum())
     if n_pos == 0:
         return math.nan
@@ -120,24 +126,30 @@ def gap_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 20) -> float:
 
 
 def map_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 10) -> float:
-    """Per-example average precision of the top-k ranking, averaged over examples with a label."""
+    """Mean over examples of the average precision of each example's top ``min(k, C)`` classes
+    (the TAAN reference's "mAP@10"): ``AP_v = (1/n_v) Σ_{i ≤ k, y_(i) = 1} precision@i`` with
+    ``n_v`` the positives found among the top k, and ``AP_v = 0`` when there are none.
+
+    Recall is relative to the positives found in the top k, so it is optimistic; report GAP beside it.
+    """
+    if not len(y_true):
+        return math.nan
+    y_true = np.asarray(y_true, dtype=float)
     k = min(k, score.shape[1])
     top = np.argsort(-score, axis=1, kind="stable")[:, :k]
-    hit = np.take_along_axis(y_true, top, 1).astype(float)
-    n_rel = np.minimum(y_true.sum(1), k)
-    keep = n_rel > 0
-    if not keep.any():
-        return math.nan
+    hit = np.take_along_axis(y_true, top, 1)
+    found = hit.sum(1)
     precision = np.cumsum(hit, 1) / np.arange(1, k + 1)
-    ap = (precision * hit).sum(1)[keep] / n_rel[keep]
+    ap = np.divide((precision * hit).sum(1), found, out=np.zeros(len(found)), where=found > 0)
     return float(ap.mean())
 
 
 def hit_at_1(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Mean over examples of the label of the top-scored class."""
     if not len(y_true):
         return math.nan
     top = score.argmax(1)
-    return float(np.mean(y_true[np.arange(len(top)), top] > 0))
+    return float(np.mean(np.asarray(y_true)[np.arange(len(top)), top] > 0))
 
 
 CATEGORICAL_METRICS = (

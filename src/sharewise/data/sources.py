@@ -58,6 +58,7 @@ def _load_builtin_sources() -> None:
     from . import _table_source  # noqa: F401  (registers table and digits)
     from . import idx, image_folder, image_table, omniglot  # noqa: F401  (image sources)
     from . import volume  # noqa: F401  (volumes: NIfTI/.npy + phenotype table)
+    from . import yt8m  # noqa: F401  (Youtube-8M TFRecord shards)
 
 
 def resolve_source(cfg: Config) -> str:
@@ -70,6 +71,9 @@ def resolve_source(cfg: Config) -> str:
     if cfg.data.path:
         from .image_ops import guess_source
 
+        path = Path(cfg.data.path)
+        if str(path).endswith(".tfrecord") or (path.is_dir() and any(path.glob("*.tfrecord"))):
+            return "yt8m"
         return guess_source(Path(cfg.data.path)) or "table"
     return "digits"
 

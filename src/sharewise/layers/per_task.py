@@ -23,3 +23,22 @@ def replace_modules(module: nn.Module, make: Callable[[nn.Module], nn.Module | N
         else:
             count += replace_modules(child, make)
     return count
+
+
+class TaskRows(nn.Module):
+    """One parameter with a row per task (``value[t]`` is task t's), e.g. TAL's slopes α or a gate.
+
+    ``per_task_rows = True`` tells the parameter counts (``sharewise.cost``) that only task t's row
+    is on task t's path."""
+
+    per_task_rows = True
+
+    def __init__(self, value) -> None:
+        super().__init__()
+        self.value = nn.Parameter(value)
+
+    def forward(self):  # pragma: no cover - a holder, not a computation
+        return self.value
+
+    def extra_repr(self) -> str:
+        return f"rows={self.value.shape[0]}, shape={tuple(self.value.shape[1:])}"
