@@ -55,8 +55,11 @@ def _walls(records: list[dict]) -> str:
     return _wall(lo) if len(walls) == 1 or round(lo) == round(hi) else f"{_wall(lo)} – {_wall(hi)}"
 
 
-def _cell(values: list[float], digits: int) -> str:
-    return mean_sd(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
+def _signed_mean_sd(values: list[float], digits: int) -> str:
+    """'+0.38 ± 0.09' (a mean that rounds to zero is '+0.00', never '-0.00')."""
+    mean = round(statistics.mean(values), digits) + 0.0
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:+.{digits}f} ± {sd:.{digits}f}"
 
 
 # --- Images ---------------------------------------------------------------------------------------
@@ -191,7 +194,7 @@ def _adashare_table(runs_root: Path, data: str) -> str:
         recs = [_record(runs_root, section, f"{method}-seed{s}") for s in ADASHARE_SEEDS]
         figs = [r["figures"] for r in recs]
         cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
-        delta = "(reference)" if method == "independent" else mean_sd([f["delta_mtl"] for f in figs], 2)
+        delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
         params = [f["parameters"] for f in figs]
         p = grouped(params[0]) if len(set(params)) == 1 else (
             f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
