@@ -21,7 +21,7 @@ from ..layers import TALLinear
 from ..layers.tal import check_regularizer
 from ..tasks import Task
 from ._soft import SoftMethod, SoftOptions, SoftSharingModel
-from .base import BuildContext, register_method
+from .base import BuildContext, Phase, register_method
 
 
 class TAANOptions(SoftOptions):
@@ -85,6 +85,18 @@ class TAANModel(SoftSharingModel):
         return {"functional_regularizer": sum(layer.regularization(self.c) for layer in self.layers)}
 
     @torch.no_grad()
+    def sync_running_moments(self) -> None:
+        """Average the TAL layers' running moments of z over processes (each process updated them
+        on its shard of the batch; the mean is the global batch's update), so replicas agree."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        size = torch.distributed.get_world_size()
+        for layer in self.layers:
+            for buf in layer.running_moments():
+                torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                buf.div_(size)
+
+    @torch.no_grad()
     def similarity(self) -> list[dict[str, Any]]:
         """Per TAL layer: ``‖f_s − f_t‖²`` and the cosine similarity (T×T), and the observed mean
         and sd of its pre-activations (§2.2: the standard measure is only nominal without BN)."""
@@ -106,6 +118,11 @@ class TAAN(SoftMethod):
 
     def build(self, ctx: BuildContext) -> TAANModel:
         return TAANModel(ctx.input_spec.in_features, ctx.tasks, self.options)
+
+    def phases(self, model: TAANModel, steps_per_epoch: int) -> list[Phase]:
+        phases = super().phases(model, steps_per_epoch)
+        phases[0].after_step = lambda state, split: model.sync_running_moments()
+        return phases
 
     def results(self, ctx, model) -> dict[str, Any]:
         return {"tal_layers": model.similarity(), "task_order": model.task_names}
