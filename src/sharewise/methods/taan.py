@@ -10,7 +10,7 @@ tasks cost the first affine map once plus T times the rest (§3).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -68,6 +68,12 @@ class TAANModel(SoftSharingModel):
         for layer in self.layers:
             h = layer(h, ids)
         return h
+
+    def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **kw: Any) -> dict[str, torch.Tensor]:
+        if self.layers[0].norm is not None and len({len(x) for x in batches.values()}) > 1:
+            # BatchNorm: a column of repeated rows would skew its task's statistics; one call per task
+            return {t: self(x, tasks=[t])[t] for t, x in batches.items()}
+        return super().forward_all_tasks(batches, **kw)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.layers]
