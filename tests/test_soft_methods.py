@@ -181,3 +181,83 @@ def test_published_youtube8m_parameter_counts(name, total):
     with torch.device("meta"):
         model = build()
     assert sum(p.numel() for p in model.parameters()) == total
+
+
+IMAGE = (2, 8, 8)
+
+
+def _conv_models():
+    tasks = _tasks()
+    torch.manual_seed(0)
+    conv = {"trunk": "conv", "widths": [3, 4]}
+    return {
+        "taan": TAANModel(IMAGE[0], tasks, TAANOptions(**conv, num_basis=3, regularizer="cosine")),
+        "cross_stitch": CrossStitchModel(IMAGE[0], tasks, CrossStitchOptions(**conv)),
+        "mmoe": MMoEModel(IMAGE[0], tasks, MMoEOptions(**conv, num_experts=2)),
+        "soft_order": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3])),
+    }
+
+
+@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order"])
+def test_conv_trunks_keep_the_cost_contract(name):
+    """On image inputs (``trunk: conv``): output shapes, one task's call = its part of the all-task
+    call, the path parameters are exactly what a task's output reaches, and the FLOPs order."""
+    from sharewise.cost import flop_counts, parameter_counts
+
+    model = _conv_models()[name].eval()
+    x = torch.randn(5, *IMAGE)
+    with torch.no_grad():
+        out = model(x)
+        assert all(out[t.name].shape == (5, t.out_features) for t in model.tasks)
+        assert torch.allclose(model(x, tasks=["t1"])["t1"], out["t1"], atol=1e-6)
+    counts = parameter_counts(model)
+    for index, t in enumerate(model.tasks):
+        model.zero_grad(set_to_none=True)
+        model(x, tasks=[t.name])[t.name].square().sum().backward()
+        reached = 0
+        for module in model.modules():
+            rows = getattr(module, "per_task_rows", False)
+            for p in module.parameters(recurse=False):
+                if p.grad is not None and p.grad.abs().sum() > 0:
+                    reached += p[index].numel() if rows else p.numel()
+        assert reached == counts["per_task"][t.name]
+    flops = flop_counts(model, x[0])
+    assert max(flops["per_task"].values()) <= flops["all_tasks"] <= flops["naive"]
+
+
+@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order"])
+def test_conv_whole_batch_hook_equals_one_call_per_task(name):
+    model = _conv_models()[name].train()
+    batches = {t.name: torch.randn(4, *IMAGE) for t in model.tasks}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    per_task = {t: model(x, tasks=[t])[t] for t, x in batches.items()}
+    model.load_state_dict(state)
+    whole = model.forward_all_tasks(batches)
+    assert all(torch.allclose(per_task[t], whole[t], atol=1e-5) for t in batches)
+
+
+def test_conv_trunk_needs_images():
+    from sharewise.data.base import InputSpec
+    from sharewise.errors import ConfigError
+    from sharewise.methods._soft import check_trunk
+
+    with pytest.raises(ConfigError, match="method.trunk: conv needs image inputs"):
+        check_trunk(TAANOptions(trunk="conv"), InputSpec("vector", (5,)))
+
+
+@pytest.mark.parametrize("method", ["taan", "cross_stitch"])
+def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
+    import json
+    from pathlib import Path
+
+    from sharewise import fit
+    from test_images import make_idx
+
+    path = make_idx(tmp_path / "idx", n_train=60, n_test=20)
+    run = fit({"data": {"path": str(path), "task_views": {"upright": {}, "turned": {"rot90": 1}}},
+               "method": {"name": method, "trunk": "conv", "widths": [4, 4]},
+               "train": {"epochs": 1, "max_steps": 4, "batch_size": 8, "threads": 1, "progress": False},
+               "output": {"dir": str(tmp_path / "run"), "tensorboard": False}})
+    results = json.loads((Path(run.path) / "results.json").read_text())
+    assert set(results["tasks"]) == {"upright", "turned"}
+    assert all("accuracy" in entry["test"] for entry in results["tasks"].values())

@@ -2,20 +2,25 @@
 model that computes every requested task's features as one ``(B, n, D)`` tensor, per-task linear
 heads on them, the whole-batch hook for per-task data, and a one-phase training.
 
-Each method builds its own MLP trunk from ``ctx.input_spec`` (inputs are flattened) and its
-``method.widths`` (TAAN specification §5.4: 1152→H→H→H is ``widths: [H, H, H]``); the configured
-backbone is not used. Conv trunks are not built by these methods (the layers support them).
+Each method builds its own trunk from ``ctx.input_spec`` and its ``method.widths``; the configured
+backbone is not used. ``trunk: mlp`` (default): inputs flattened, one layer per width (TAAN
+specification §5.4: 1152→H→H→H is ``widths: [H, H, H]``). ``trunk: conv`` (image inputs): one
+``kernel_size`` convolution per width (channels, "same" padding), a 2×2 max-pool after each
+(``pool``), global average pooling before the heads.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
+
+from ..errors import ConfigError
 
 from ..tasks import Task
 from .base import Method, MultiTaskModel, OptimSpec, Phase, Stretch, TaskHeads
@@ -24,7 +29,10 @@ from .base import Method, MultiTaskModel, OptimSpec, Phase, Stretch, TaskHeads
 class SoftOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     widths: list[int] = Field(default_factory=lambda: [64, 64],
-                              description="hidden widths of the trunk (Youtube-8M §5.4: [H, H, H])")
+                              description="hidden widths (conv: channels) of the trunk (Youtube-8M §5.4: [H, H, H])")
+    trunk: Literal["mlp", "conv"] = Field("mlp", description="mlp: flattened inputs; conv: image inputs")
+    kernel_size: int = Field(3, ge=1, description="conv: the kernel of every layer (odd: same padding)")
+    pool: bool = Field(True, description="conv: a 2×2 max-pool after each layer")
 
     @field_validator("widths")
     @classmethod
@@ -32,6 +40,21 @@ class SoftOptions(BaseModel):
         if not v or any(int(w) < 1 for w in v):
             raise ValueError("needs at least one positive width")
         return v
+
+
+def check_trunk(opts: SoftOptions, input_spec: Any) -> None:
+    """``trunk: conv`` needs image inputs ``(C, H, W)``."""
+    if opts.trunk == "conv" and (input_spec.kind != "image" or len(input_spec.shape) != 3):
+        raise ConfigError(f"method.trunk: conv needs image inputs (C, H, W); the data gives {input_spec.kind} "
+                          f"inputs of shape {list(input_spec.shape)} (use trunk: mlp)")
+
+
+def pool2(h: torch.Tensor) -> torch.Tensor:
+    """2×2 max-pool of ``(B, C, H, W)`` or per-task ``(B, n, C, H, W)`` feature maps."""
+    if h.ndim == 4:
+        return F.max_pool2d(h, 2)
+    out = F.max_pool2d(h.flatten(0, 1), 2)
+    return out.view(*h.shape[:2], *out.shape[1:])
 
 
 def stack_task_inputs(batches: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
@@ -49,18 +72,32 @@ class SoftSharingModel(MultiTaskModel, abc.ABC):
     ``forward_all_tasks({task: x_t})``: the per-task inputs stacked ``(B, n, d)`` (see
     :func:`stack_task_inputs`) → :meth:`stacked_features` → heads, each task's own rows kept."""
 
-    def __init__(self, tasks: Sequence[Task], out_features: int) -> None:
+    def __init__(self, tasks: Sequence[Task], out_features: int, opts: SoftOptions | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.heads = TaskHeads(out_features, self.tasks)
+        self.conv = opts is not None and opts.trunk == "conv"
+        self.pools = bool(opts.pool) if opts is not None else False
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.conv else x.flatten(1)
+
+    def _after_layer(self, h: torch.Tensor) -> torch.Tensor:
+        return pool2(h) if self.conv and self.pools else h
+
+    def _head_features(self, h: torch.Tensor) -> torch.Tensor:
+        """``(B, n, D)``: feature maps ``(B, n, C, H, W)`` averaged over space."""
+        return h.mean((-2, -1)) if h.ndim == 5 else h
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """Features ``(B, n, D)`` of the tasks ``ids`` for a shared input ``x (B, d_in)``."""
+        """Features ``(B, n, D)`` (conv: ``(B, n, C, H, W)``) of the tasks ``ids`` for a shared input
+        ``x (B, d_in)`` (conv: ``(B, C, H, W)``)."""
 
     @abc.abstractmethod
     def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """Features ``(B, n, D)`` for per-task inputs ``x (B, n, d_in)``, column i task ``ids[i]``'s."""
+        """Features as :meth:`features` for per-task inputs ``x (B, n, d_in)`` (conv: ``(B, n, C, H, W)``),
+        column i task ``ids[i]``'s."""
 
     def _ids(self, names: Sequence[str]) -> list[int]:
         index = {t: i for i, t in enumerate(self.task_names)}
@@ -68,12 +105,12 @@ class SoftSharingModel(MultiTaskModel, abc.ABC):
 
     def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None, **_: Any) -> dict[str, torch.Tensor]:
         names = list(tasks or self.task_names)
-        return self.heads.columns(self.features(x.flatten(1), self._ids(names)), names)
+        return self.heads.columns(self._head_features(self.features(self._inputs(x), self._ids(names))), names)
 
     def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **_: Any) -> dict[str, torch.Tensor]:
         names = list(batches)
-        x, sizes = stack_task_inputs({t: v.flatten(1) for t, v in batches.items()})
-        out = self.heads.columns(self.stacked_features(x, self._ids(names)), names)
+        x, sizes = stack_task_inputs({t: self._inputs(v) for t, v in batches.items()})
+        out = self.heads.columns(self._head_features(self.stacked_features(x, self._ids(names))), names)
         return {t: out[t][:n] for t, n in zip(names, sizes)}
 
     def task_modules(self, task: str) -> list[nn.Module]:

@@ -17,9 +17,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..layers import CrossStitchLinear
+from ..layers import CrossStitchConv2d, CrossStitchLinear
 from ..tasks import Task
-from ._soft import SoftMethod, SoftOptions, SoftSharingModel
+from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
 from .base import BuildContext, MultiTaskModel, OptimSpec, register_method
 
 
@@ -31,18 +31,24 @@ class CrossStitchOptions(SoftOptions):
 
 
 class CrossStitchModel(SoftSharingModel):
+    """``in_features``: the input width (conv trunk: its channels)."""
+
     def __init__(self, in_features: int, tasks: Sequence[Task], opts: CrossStitchOptions) -> None:
-        super().__init__(tasks, opts.widths[-1])
+        super().__init__(tasks, opts.widths[-1], opts)
         names = [t.name for t in tasks]
         dims = [in_features, *opts.widths]
-        self.layers = nn.ModuleList(
-            CrossStitchLinear(a, b, len(names), task_names=names, per_channel_units=opts.per_channel,
-                              alpha_self=opts.alpha_self, alpha_other=opts.alpha_other, lr_mult=opts.lr_mult)
-            for a, b in zip(dims[:-1], dims[1:]))
+        common = dict(task_names=names, per_channel_units=opts.per_channel, alpha_self=opts.alpha_self,
+                      alpha_other=opts.alpha_other, lr_mult=opts.lr_mult)
+        if self.conv:
+            k = opts.kernel_size
+            layers = [CrossStitchConv2d(a, b, k, len(names), padding=k // 2, **common) for a, b in zip(dims[:-1], dims[1:])]
+        else:
+            layers = [CrossStitchLinear(a, b, len(names), **common) for a, b in zip(dims[:-1], dims[1:])]
+        self.layers = nn.ModuleList(layers)
 
     def _columns(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            h = layer(h)  # (B, T, width): every column, mixed
+            h = self._after_layer(layer(h))  # (B, T, width[, H, W]): every column, mixed
         return h
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
@@ -79,7 +85,10 @@ class CrossStitch(SoftMethod):
     conformance_options = {"widths": [16, 16]}
 
     def build(self, ctx: BuildContext) -> CrossStitchModel:
-        return CrossStitchModel(ctx.input_spec.in_features, ctx.tasks, self.options)
+        check_trunk(self.options, ctx.input_spec)
+        spec = ctx.input_spec
+        return CrossStitchModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks,
+                                self.options)
 
     def optim(self, model: MultiTaskModel) -> OptimSpec:
         spec = super().optim(model)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers import MMoE
 from ..tasks import Task
-from ._soft import SoftMethod, SoftOptions, SoftSharingModel
+from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
 from .base import BuildContext, register_method
 
 
@@ -26,19 +26,29 @@ class MMoEOptions(SoftOptions):
     num_experts: int = Field(6, ge=1, description="E experts (Youtube-8M §5.4: 6, each an MLP of widths)")
 
 
-def _expert(in_features: int, widths: list[int]) -> nn.Sequential:
-    dims = [in_features, *widths]
+def _expert(in_features: int, opts: MMoEOptions) -> nn.Sequential:
+    """An MLP of ``widths`` (ReLU), or for ``trunk: conv`` a conv net ending in global average pooling."""
+    dims = [in_features, *opts.widths]
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        if opts.trunk == "conv":
+            layers += [nn.Conv2d(a, b, opts.kernel_size, padding=opts.kernel_size // 2), nn.ReLU()]
+            layers += [nn.MaxPool2d(2)] if opts.pool else []
+        else:
+            layers += [nn.Linear(a, b), nn.ReLU()]
+    if opts.trunk == "conv":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)
 
 
 class MMoEModel(SoftSharingModel):
+    """``in_features``: the input width (conv trunk: its channels; the gates read the input's
+    spatial mean)."""
+
     def __init__(self, in_features: int, tasks: Sequence[Task], opts: MMoEOptions) -> None:
-        super().__init__(tasks, opts.widths[-1])
+        super().__init__(tasks, opts.widths[-1], opts)
         self.mmoe = MMoE(in_features, opts.widths[-1], len(tasks), opts.num_experts,
-                         expert=lambda: _expert(in_features, list(opts.widths)), task_names=[t.name for t in tasks])
+                         expert=lambda: _expert(in_features, opts), task_names=[t.name for t in tasks])
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
         return self.mmoe(x, ids)
@@ -52,7 +62,7 @@ class MMoEModel(SoftSharingModel):
 
     def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **_: Any) -> dict[str, torch.Tensor]:
         names = list(batches)
-        xs = [batches[t].flatten(1) for t in names]
+        xs = [self._inputs(batches[t]) for t in names]
         flat = torch.cat(xs)  # no padding needed: the experts see each example once
         outs = torch.stack([e(flat) for e in self.mmoe.experts], 1)  # (N, E, D)
         out, start = {}, 0
@@ -79,4 +89,6 @@ class MultiGateMoE(SoftMethod):
     conformance_options = {"widths": [16, 16], "num_experts": 2}
 
     def build(self, ctx: BuildContext) -> MMoEModel:
-        return MMoEModel(ctx.input_spec.in_features, ctx.tasks, self.options)
+        check_trunk(self.options, ctx.input_spec)
+        spec = ctx.input_spec
+        return MMoEModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks, self.options)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers import SoftOrdering
 from ..tasks import Task
-from ._soft import SoftMethod, SoftOptions, SoftSharingModel
+from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
 from .base import BuildContext, register_method
 
 
@@ -35,18 +35,34 @@ class SoftOrderOptions(SoftOptions):
 
 
 class SoftOrderModel(SoftSharingModel):
+    """``in_features``: the input width (conv trunk: its channels; the encoder pools, the shared
+    layers keep the feature map's size)."""
+
     def __init__(self, in_features: int, tasks: Sequence[Task], opts: SoftOrderOptions) -> None:
         width = opts.widths[0]
-        super().__init__(tasks, width)
-        self.encoder = nn.Sequential(nn.Linear(in_features, width), nn.ReLU())
+        super().__init__(tasks, width, opts)
+        if self.conv:
+            k = opts.kernel_size
+            self.encoder = nn.Sequential(nn.Conv2d(in_features, width, k, padding=k // 2), nn.ReLU(),
+                                         *([nn.MaxPool2d(2)] if opts.pool else []))
+            layer = lambda: nn.Sequential(nn.Conv2d(width, width, k, padding=k // 2), nn.ReLU())  # noqa: E731
+        else:
+            self.encoder = nn.Sequential(nn.Linear(in_features, width), nn.ReLU())
+            layer = None
         self.soft = SoftOrdering(width, len(tasks), num_layers=len(opts.widths) - 1, depth=opts.depth,
-                                 task_names=[t.name for t in tasks])
+                                 layer=layer, task_names=[t.name for t in tasks])
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:  # per-task feature maps (B, n, C, H, W)
+            h = self.encoder(x.flatten(0, 1))
+            return h.view(*x.shape[:2], *h.shape[1:])
+        return self.encoder(x)
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        return self.soft(self.encoder(x), ids, per_task=False)
+        return self.soft(self._encode(x), ids, per_task=False)
 
     def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        return self.soft(self.encoder(x), ids, per_task=True)
+        return self.soft(self._encode(x), ids, per_task=True)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.encoder, self.soft]
@@ -64,7 +80,10 @@ class SoftOrder(SoftMethod):
     conformance_options = {"widths": [16, 16, 16]}
 
     def build(self, ctx: BuildContext) -> SoftOrderModel:
-        return SoftOrderModel(ctx.input_spec.in_features, ctx.tasks, self.options)
+        check_trunk(self.options, ctx.input_spec)
+        spec = ctx.input_spec
+        return SoftOrderModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks,
+                              self.options)
 
     def results(self, ctx, model) -> dict:
         return {"ordering_weights": torch.softmax(model.soft.order_logits.detach(), -1).tolist(),

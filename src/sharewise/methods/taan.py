@@ -17,10 +17,10 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..layers import TALLinear
+from ..layers import TALConv2d, TALLinear
 from ..layers.tal import check_regularizer
 from ..tasks import Task
-from ._soft import SoftMethod, SoftOptions, SoftSharingModel
+from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
 from .base import BuildContext, Phase, register_method
 
 
@@ -29,7 +29,8 @@ class TAANOptions(SoftOptions):
     regularizer: str = Field("none", description="none, distance, cosine, l21 or nuclear (§2.2)")
     c: float = Field(0.1, ge=0, description="coefficient of the functional regulariser")
     measure: Literal["standard", "ema"] = Field("standard", description="the Gaussian measure of z (§2.2)")
-    bn: bool = Field(False, description="BatchNorm after each affine map (Youtube-8M: false)")
+    bn: bool | None = Field(None, description="BatchNorm after each affine map (default: mlp false as "
+                                              "Youtube-8M, conv true)")
     bn_stats: Literal["per_task", "pooled"] = Field("per_task", description="BN statistics with several tasks")
     basis_grad: bool | None = Field(None, description="force the regulariser's gradient to β on/off "
                                                       "(default: distance and nuclear yes, cosine no)")
@@ -46,27 +47,35 @@ class TAANOptions(SoftOptions):
 
 
 class TAANModel(SoftSharingModel):
+    """``in_features``: the input width (conv trunk: its channels)."""
+
     def __init__(self, in_features: int, tasks: Sequence[Task], opts: TAANOptions) -> None:
-        super().__init__(tasks, opts.widths[-1])
+        super().__init__(tasks, opts.widths[-1], opts)
         names = [t.name for t in tasks]
         dims = [in_features, *opts.widths]
-        self.layers = nn.ModuleList(
-            TALLinear(a, b, len(names), opts.num_basis, bn=opts.bn, task_names=names, regularizer=opts.regularizer,
-                      measure=opts.measure, basis_grad=opts.basis_grad, cosine_detach_norms=opts.cosine_detach_norms,
-                      nuclear_metric=opts.nuclear_metric, bn_stats=opts.bn_stats)
-            for a, b in zip(dims[:-1], dims[1:]))
+        common = dict(task_names=names, regularizer=opts.regularizer, measure=opts.measure, basis_grad=opts.basis_grad,
+                      cosine_detach_norms=opts.cosine_detach_norms, nuclear_metric=opts.nuclear_metric,
+                      bn_stats=opts.bn_stats)
+        if self.conv:
+            k = opts.kernel_size
+            layers = [TALConv2d(a, b, k, len(names), opts.num_basis, padding=k // 2,
+                                bn=True if opts.bn is None else opts.bn, **common) for a, b in zip(dims[:-1], dims[1:])]
+        else:
+            layers = [TALLinear(a, b, len(names), opts.num_basis, bn=bool(opts.bn), **common)
+                      for a, b in zip(dims[:-1], dims[1:])]
+        self.layers = nn.ModuleList(layers)
         self.c = float(opts.c)
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        h = self.layers[0](x, ids)  # the first affine map once for every task
+        h = self._after_layer(self.layers[0](x, ids))  # the first affine map once for every task
         for layer in self.layers[1:]:
-            h = layer(h, ids)
+            h = self._after_layer(layer(h, ids))
         return h
 
     def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
         h = x
         for layer in self.layers:
-            h = layer(h, ids)
+            h = self._after_layer(layer(h, ids))
         return h
 
     def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **kw: Any) -> dict[str, torch.Tensor]:
@@ -123,7 +132,9 @@ class TAAN(SoftMethod):
     conformance_options = {"widths": [16, 16], "num_basis": 4, "regularizer": "distance"}
 
     def build(self, ctx: BuildContext) -> TAANModel:
-        return TAANModel(ctx.input_spec.in_features, ctx.tasks, self.options)
+        check_trunk(self.options, ctx.input_spec)
+        spec = ctx.input_spec
+        return TAANModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks, self.options)
 
     def phases(self, model: TAANModel, steps_per_epoch: int) -> list[Phase]:
         phases = super().phases(model, steps_per_epoch)
