@@ -182,14 +182,17 @@ def test_shipped_sample_gives_the_16_reference_tasks():
     assert sum(data.meta["videos"]["games"].values()) == len(data.examples["games"])
 
 
-@pytest.mark.parametrize("method", ["hard", "independent"])
-def test_tiny_run_writes_gap(shards, tmp_path, method):
+@pytest.mark.parametrize("method,backbone", [
+    ("hard", {"name": "mlp", "width": 16, "depth": 1, "norm": "none"}),
+    ("independent", {"name": "mlp", "width": 16, "depth": 1, "norm": "none"}),
+    ("independent", {"name": "plain_mlp", "widths": [16, 16, 16]})], ids=["hard", "independent", "independent-plain"])
+def test_tiny_run_writes_gap(shards, tmp_path, method, backbone):
     from sharewise import fit
 
     root, _ = shards
     cfg = {
         "data": {"source": "yt8m", "path": str(root), "verticals": ["Games", "Arts & Entertainment", "Sports"]},
-        "backbone": {"name": "mlp", "width": 16, "depth": 1, "norm": "none"},
+        "backbone": backbone,
         "method": {"name": method},
         "train": {"epochs": 1, "max_steps": 3, "batch_size": 8, "threads": 1},
         "output": {"dir": str(tmp_path / "run")},
