@@ -68,7 +68,8 @@ def stack_task_inputs(batches: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor
 
 
 class SoftSharingModel(MultiTaskModel, abc.ABC):
-    """``forward(x, tasks)``: flattened shared input → :meth:`features` ``(B, n, D)`` → heads.
+    """``forward(x, tasks)``: shared input (flattened for an MLP trunk) → :meth:`features`
+    ``(B, n, D)`` (conv: averaged over space) → heads.
     ``forward_all_tasks({task: x_t})``: the per-task inputs stacked ``(B, n, d)`` (see
     :func:`stack_task_inputs`) → :meth:`stacked_features` → heads, each task's own rows kept."""
 
