@@ -47,3 +47,21 @@ def test_backbone_rejects_wrong_input_kind_and_unknown_name():
         backbone_factory("resnet2", {}, InputSpec("image", (1, 8, 8)))
     with pytest.raises(ConfigError, match="backbone.widht"):
         backbone_factory("mlp", {"widht": 3}, InputSpec("vector", (5,)))
+
+
+def test_plain_mlp_is_linear_relu_layers_without_residual():
+    net = _build("plain_mlp", InputSpec("vector", (10,)), widths=[8, 8, 6]).eval()
+    x = torch.randn(4, 10)
+    layers = [net.stem[1], net.blocks[0].linear, net.blocks[1].linear]
+    h = x
+    for layer in layers:
+        h = torch.relu(layer(h))
+    assert torch.allclose(net(x), h) and net.out_features == 6
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)) for m in net.modules())
+    # the published Hard3 trunk 1152→1024→1024→1024 has 3 279 872 parameters (spec §5.7)
+    big = backbone_factory("plain_mlp", {"widths": [1024] * 3}, InputSpec("vector", (1152,)))()
+    assert sum(p.numel() for p in big.parameters()) == 3_279_872
+    # a skipped block passes its (padded or cut) input on, with no parameter of its own
+    gates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(net(x, gates=gates), net.blocks[0](net.stem(x))[:, :6])
+    assert sum(p.numel() for p in net.blocks[1].shortcut.parameters()) == 0

@@ -69,3 +69,16 @@ def test_gap_map_hit_hand_computed():
     # B's ranking: .8 (0) .7 (1) .6 (0) .1 (1): precisions 1/2 and 2/4
     assert M.map_at_k(y[1:2], s[1:2], 10) == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert M.gap_at_k(y[1:2], s[1:2], 20) == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_map_over_positives_kept_beside_taan_map():
+    # the same videos as above: the older mAP@10 divides by min(positives, k) and leaves out videos
+    # without a positive; TAAN's (map_at_10) divides by the positives found in the top k
+    y = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+    s = np.array([[0.9, 0.1, 0.05, 0.0], [0.8, 0.7, 0.1, 0.6], [0.5, 0.4, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4]])
+    # A: 1/1; B: hit at rank 2 -> (1/2) / min(2, 2); C: 0 / 1; D: no positive, left out
+    assert M.map_at_k_over_positives(y, s, 2) == pytest.approx((1 + 0.25 + 0) / 3)
+    assert M.map_at_k(y, s, 2) == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert np.isnan(M.map_at_k_over_positives(y[3:], s[3:], 2))
+    names = {m.name for m in M.METRICS_BY_KIND["multilabel"]}
+    assert {"map_at_10", "map_at_10_over_positives", "gap_at_20", "hit_at_1"} <= names

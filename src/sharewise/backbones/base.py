@@ -117,7 +117,7 @@ def register_backbone(name: str, options: type[BaseModel], description: str, inp
 
 
 def backbones() -> dict[str, BackboneInfo]:
-    from . import convnet, mlp, resnet, resnet3d  # noqa: F401  (registration)
+    from . import convnet, mlp, plain_mlp, resnet, resnet3d  # noqa: F401  (registration)
 
     return dict(_BACKBONES)
 

@@ -23,8 +23,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def forward_batch(model: torch.nn.Module, batch: Any, task_names: Sequence[str], kwargs: dict[str, Any]):
-    """``{task: (output, target, mask)}`` for either batch shape (one call for shared input)."""
+    """``{task: (output, target, mask)}`` for either batch shape (one call for shared input).
+
+    Per-task batches: one call per task, or one call for the whole batch when the model has the
+    optional hook ``forward_all_tasks({task: inputs}, **kwargs) -> {task: output}``
+    (:class:`~sharewise.methods.base.MultiTaskModel`; layers that mix tasks run all tasks together)."""
     if isinstance(batch, dict):
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        whole = getattr(inner, "forward_all_tasks", None)
+        if whole is not None:
+            outputs = whole({t: x for t, (x, _, _) in batch.items()}, **kwargs)
+            return {t: (outputs[t], y, m) for t, (_, y, m) in batch.items()}
         out = {}
         for t, (x, y, m) in batch.items():
             out[t] = (model(x, tasks=[t], **kwargs)[t], y, m)

@@ -181,10 +181,22 @@ class _TAL(nn.Module):
         self.bn_stats, self.dropout = bn_stats, float(dropout)
         self.slopes = TaskRows(torch.randn(self.num_tasks, self.num_basis) * 0.01)  # α (tasks, basis), N(0, 0.01²)
         self.beta = nn.Parameter(torch.rand(self.num_basis) - 0.5)  # hinges, Uniform(−0.5, 0.5)
-        # running mean and sd of z over batch and units (momentum 0.1, like BatchNorm's statistics):
-        # the 'ema' measure, and what to log to judge the standard-normal assumption
+        # running first and second moments of z over batch and units (momentum 0.1, like BatchNorm's
+        # statistics), giving the mean and sd of the 'ema' measure and what to log to judge the
+        # standard-normal assumption. Moments, not the sd itself, because they are linear in the
+        # batch: the mean over processes of their updates is the update of the global batch
+        # (:meth:`running_moments`, averaged by the method after a step)
         self.register_buffer("z_mean", torch.zeros(()))
-        self.register_buffer("z_sd", torch.ones(()))
+        self.register_buffer("z_sq", torch.ones(()))
+
+    @property
+    def z_sd(self) -> torch.Tensor:
+        """The running sd of z, ``√(E[z²] − E[z]²)`` from the running moments."""
+        return (self.z_sq - self.z_mean.square()).clamp_min(0).sqrt()
+
+    def running_moments(self) -> list[torch.Tensor]:
+        """The buffers of the running statistics (averaged over processes after a step)."""
+        return [self.z_mean, self.z_sq]
 
     @property
     def alpha(self) -> nn.Parameter:
@@ -230,7 +242,7 @@ class _TAL(nn.Module):
         if self.training and z.numel() > 1:
             with torch.no_grad():
                 self.z_mean.mul_(0.9).add_(0.1 * z.mean())
-                self.z_sd.mul_(0.9).add_(0.1 * z.std())
+                self.z_sq.mul_(0.9).add_(0.1 * z.square().mean())
         alpha = self.alpha[ids]
         out = adaptive_activation(z, alpha, self.beta, stacked=not shared)
         if single is not None:

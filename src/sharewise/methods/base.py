@@ -41,6 +41,11 @@ class MultiTaskModel(nn.Module, abc.ABC):
     """
 
     tasks: list[Task]
+    # Optional hook for per-task data: ``forward_all_tasks({task: inputs (B_t, ...)}, **kw) ->
+    # {task: output (B_t, ...)}`` takes a whole per-task batch (any subset of the tasks, batch
+    # sizes may differ) in one call; the engine uses it instead of one ``forward`` per task when a
+    # subclass defines it (cross-stitch, MMoE, soft ordering and TAAN run their tasks together).
+    forward_all_tasks: Callable[..., dict[str, torch.Tensor]] | None = None
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:

@@ -1,0 +1,145 @@
+"""``taan``: task-adaptive activation network (Liu et al., AAAI-20; TAAN specification §2, §5.4).
+
+Every weight is shared; each hidden layer is a :class:`~sharewise.layers.TALLinear`
+``f_t(W x + b)`` whose activation ``f_t(z) = ReLU(z) + Σ_m α_{t,m} ReLU(β_m − z)`` is the only
+task-specific part (T·M slopes per layer). The functional regulariser ``c · Σ_layers R`` (§2.2:
+``distance``, ``cosine``, ``l21``, ``nuclear``) is returned by :meth:`TAANModel.aux_losses` and
+added once per optimisation step. After the first TAL the features differ per task, so all T
+tasks cost the first affine map once plus T times the rest (§3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from ..layers import TALConv2d, TALLinear
+from ..layers.tal import check_regularizer
+from ..tasks import Task
+from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
+from .base import BuildContext, Phase, register_method
+
+
+class TAANOptions(SoftOptions):
+    num_basis: int = Field(24, ge=1, description="M hinges per layer (Youtube-8M README runs: 64)")
+    regularizer: str = Field("none", description="none, distance, cosine, l21 or nuclear (§2.2)")
+    c: float = Field(0.1, ge=0, description="coefficient of the functional regulariser")
+    measure: Literal["standard", "ema"] = Field("standard", description="the Gaussian measure of z (§2.2)")
+    bn: bool | None = Field(None, description="BatchNorm after each affine map (default: mlp false as "
+                                              "Youtube-8M, conv true)")
+    bn_stats: Literal["per_task", "pooled"] = Field("per_task", description="BN statistics with several tasks")
+    basis_grad: bool | None = Field(None, description="force the regulariser's gradient to β on/off "
+                                                      "(default: distance and nuclear yes, cosine no)")
+    cosine_detach_norms: bool = Field(False, description="cosine: stop-gradient through the norms (the reference)")
+    nuclear_metric: Literal["euclidean", "function"] = Field("euclidean", description="nuclear: ‖α‖_* or ‖α W^½‖_*")
+
+    @field_validator("regularizer")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            return check_regularizer(v)
+        except Exception as err:  # the layer's message (e.g. tracenorm → l21 or nuclear), as a validation error
+            raise ValueError(str(err)) from None
+
+
+class TAANModel(SoftSharingModel):
+    """``in_features``: the input width (conv trunk: its channels)."""
+
+    def __init__(self, in_features: int, tasks: Sequence[Task], opts: TAANOptions) -> None:
+        super().__init__(tasks, opts.widths[-1], opts)
+        names = [t.name for t in tasks]
+        dims = [in_features, *opts.widths]
+        common = dict(task_names=names, regularizer=opts.regularizer, measure=opts.measure, basis_grad=opts.basis_grad,
+                      cosine_detach_norms=opts.cosine_detach_norms, nuclear_metric=opts.nuclear_metric,
+                      bn_stats=opts.bn_stats)
+        if self.conv:
+            k = opts.kernel_size
+            layers = [TALConv2d(a, b, k, len(names), opts.num_basis, padding=k // 2,
+                                bn=True if opts.bn is None else opts.bn, **common) for a, b in zip(dims[:-1], dims[1:])]
+        else:
+            layers = [TALLinear(a, b, len(names), opts.num_basis, bn=bool(opts.bn), **common)
+                      for a, b in zip(dims[:-1], dims[1:])]
+        self.layers = nn.ModuleList(layers)
+        self.c = float(opts.c)
+
+    def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        h = self._after_layer(self.layers[0](x, ids))  # the first affine map once for every task
+        for layer in self.layers[1:]:
+            h = self._after_layer(layer(h, ids))
+        return h
+
+    def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        h = x
+        for layer in self.layers:
+            h = self._after_layer(layer(h, ids))
+        return h
+
+    def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **kw: Any) -> dict[str, torch.Tensor]:
+        if self.layers[0].norm is not None and len({len(x) for x in batches.values()}) > 1:
+            # BatchNorm: a column of repeated rows would skew its task's statistics; one call per task
+            return {t: self(x, tasks=[t])[t] for t, x in batches.items()}
+        return super().forward_all_tasks(batches, **kw)
+
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.layers]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        slopes = [layer.alpha for layer in self.layers]
+        hinges = [layer.beta for layer in self.layers]
+        special = {id(p) for p in slopes + hinges}
+        return {"backbone": [p for p in self.layers.parameters() if id(p) not in special],
+                "activations": slopes + hinges, "heads": list(self.heads.parameters())}
+
+    def aux_losses(self, **_: Any) -> dict[str, torch.Tensor]:
+        if self.layers[0].regularizer == "none":
+            return {}
+        return {"functional_regularizer": sum(layer.regularization(self.c) for layer in self.layers)}
+
+    @torch.no_grad()
+    def sync_running_moments(self) -> None:
+        """Average the TAL layers' running moments of z over processes (each process updated them
+        on its shard of the batch; the mean is the global batch's update), so replicas agree."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        size = torch.distributed.get_world_size()
+        for layer in self.layers:
+            for buf in layer.running_moments():
+                torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                buf.div_(size)
+
+    @torch.no_grad()
+    def similarity(self) -> list[dict[str, Any]]:
+        """Per TAL layer: ``‖f_s − f_t‖²`` and the cosine similarity (T×T), and the observed mean
+        and sd of its pre-activations (§2.2: the standard measure is only nominal without BN)."""
+        out = []
+        for layer in self.layers:
+            sim = layer.similarity()
+            out.append({"distance": sim["distance"].tolist(), "cosine": sim["cosine"].tolist(),
+                        "z_mean": float(layer.z_mean), "z_sd": float(layer.z_sd)})
+        return out
+
+
+@register_method
+class TAAN(SoftMethod):
+    name = "taan"
+    description = ("task-adaptive activation network: shared weights, per-task activations with shared hinges; "
+                   "functional regularisers (distance, cosine, l21, nuclear)")
+    Options = TAANOptions
+    conformance_options = {"widths": [16, 16], "num_basis": 4, "regularizer": "distance"}
+
+    def build(self, ctx: BuildContext) -> TAANModel:
+        check_trunk(self.options, ctx.input_spec)
+        spec = ctx.input_spec
+        return TAANModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks, self.options)
+
+    def phases(self, model: TAANModel, steps_per_epoch: int) -> list[Phase]:
+        phases = super().phases(model, steps_per_epoch)
+        phases[0].after_step = lambda state, split: model.sync_running_moments()
+        return phases
+
+    def results(self, ctx, model) -> dict[str, Any]:
+        return {"tal_layers": model.similarity(), "task_order": model.task_names}

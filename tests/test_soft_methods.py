@@ -1,0 +1,263 @@
+"""The soft-sharing methods (taan, cross_stitch, mmoe, soft_order): properties beyond their layers,
+the whole-batch hook for per-task data, and the published Youtube-8M models' parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharewise.methods.cross_stitch import CrossStitchModel, CrossStitchOptions
+from sharewise.methods.mmoe import MMoEModel, MMoEOptions
+from sharewise.methods.soft_order import SoftOrderModel, SoftOrderOptions
+from sharewise.methods.taan import TAANModel, TAANOptions
+from sharewise.tasks import Task
+
+D_IN = 7
+
+
+def _tasks(classes=(3, 2, 4)):
+    return [Task(f"t{i}", "multilabel", classes=list(range(c))) for i, c in enumerate(classes)]
+
+
+def _models():
+    tasks = _tasks()
+    torch.manual_seed(0)
+    return {
+        "taan": TAANModel(D_IN, tasks, TAANOptions(widths=[6, 5], num_basis=3, regularizer="distance")),
+        "taan_bn": TAANModel(D_IN, tasks, TAANOptions(widths=[6, 5], num_basis=3, bn=True)),
+        "mmoe": MMoEModel(D_IN, tasks, MMoEOptions(widths=[6, 5], num_experts=3)),
+        "soft_order": SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6])),
+    }
+
+
+def _loss(outputs, targets):
+    return sum(torch.nn.functional.binary_cross_entropy_with_logits(outputs[t], targets[t]) for t in outputs)
+
+
+@pytest.mark.parametrize("name", ["taan", "taan_bn", "mmoe", "soft_order"])
+@pytest.mark.parametrize("sizes", [(5, 5, 5), (5, 3, 4)], ids=["equal", "unequal"])
+def test_whole_batch_hook_equals_one_call_per_task(name, sizes):
+    """Methods without cross-task mixing give the same outputs, losses and gradients whether a
+    per-task batch runs task by task (``forward(x_t, tasks=[t])``) or in one ``forward_all_tasks``
+    (TAAN with BatchNorm and unequal batch sizes falls back to one call per task)."""
+    model = _models()[name].train()
+    gen = torch.Generator().manual_seed(1)
+    batches = {t.name: torch.randn(n, D_IN, generator=gen) for t, n in zip(model.tasks, sizes)}
+    targets = {t.name: (torch.rand(n, t.out_features, generator=gen) > 0.5).float() for t, n in zip(model.tasks, sizes)}
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        out = fn()
+        loss = _loss(out, targets)
+        loss.backward()
+        return out, loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out_a, loss_a, grad_a = run(lambda: {t: model(x, tasks=[t])[t] for t, x in batches.items()})
+    model.load_state_dict(state)
+    out_b, loss_b, grad_b = run(lambda: model.forward_all_tasks(batches))
+    assert all(torch.allclose(out_a[t], out_b[t], atol=1e-6) for t in batches)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grad_a.keys() == grad_b.keys() and all(torch.allclose(grad_a[k], grad_b[k], atol=1e-6) for k in grad_a)
+    # a subset of the tasks (e.g. the last evaluation batches of a small task) works too
+    sub = {t: batches[t] for t in list(batches)[1:]}
+    with torch.no_grad():
+        model.eval()
+        assert all(torch.allclose(model.forward_all_tasks(sub)[t], model(x, tasks=[t])[t], atol=1e-6) for t, x in sub.items())
+
+
+def test_engine_uses_the_hook_for_per_task_batches(monkeypatch):
+    from sharewise.engine.evaluate import forward_batch
+
+    model = _models()["mmoe"]
+    calls = []
+    monkeypatch.setattr(type(model), "forward_all_tasks", lambda self, b, **kw: calls.append(list(b)) or
+                        {t: torch.zeros(len(x), 1) for t, x in b.items()})
+    batch = {"t0": (torch.randn(2, D_IN), torch.zeros(2, 3), torch.ones(2, dtype=torch.bool)),
+             "t2": (torch.randn(3, D_IN), torch.zeros(3, 4), torch.ones(3, dtype=torch.bool))}
+    out = forward_batch(model, batch, ["t0", "t1", "t2"], {})
+    assert calls == [["t0", "t2"]] and list(out) == ["t0", "t2"] and out["t2"][0].shape == (3, 1)
+
+
+def test_taan_c_zero_equals_unregularised_and_aux_is_the_layers_sum():
+    tasks = _tasks()
+    x = torch.randn(4, D_IN)
+    grads, models = [], {}
+    for reg, c in (("none", 0.1), ("distance", 0.0), ("distance", 0.5)):
+        torch.manual_seed(3)
+        model = models[(reg, c)] = TAANModel(D_IN, tasks, TAANOptions(widths=[6, 5], num_basis=3, regularizer=reg, c=c))
+        aux = model.aux_losses()
+        total = sum(o.square().sum() for o in model(x).values()) + sum(aux.values())
+        total.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert models[("none", 0.1)].aux_losses() == {}
+    assert all(torch.equal(grads[0][k], grads[1][k]) for k in grads[0])
+    assert any(not torch.equal(grads[0][k], grads[2][k]) for k in grads[0])  # c > 0 moves α and β
+    model = models[("distance", 0.5)]
+    expected = sum(layer.regularization(0.5) for layer in model.layers)
+    assert torch.allclose(model.aux_losses()["functional_regularizer"], expected)
+
+
+def test_taan_rejects_tracenorm_naming_l21_and_nuclear():
+    from sharewise.config import validate_options
+    from sharewise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method\.regularizer.*l21.*nuclear"):
+        validate_options(TAANOptions, {"regularizer": "tracenorm"}, "method")
+
+
+def test_cross_stitch_at_identity_with_lr_zero_equals_independent_networks():
+    from sharewise.backbones import backbone_factory
+    from sharewise.config import validate_config
+    from sharewise.data.base import InputSpec
+    from sharewise.methods.cross_stitch import CrossStitch
+    from sharewise.methods.independent import SeparateNetworks
+
+    tasks = _tasks()
+    widths = [6, 5]
+    opts = CrossStitchOptions(widths=widths, alpha_self=1.0, alpha_other=0.0, lr_mult=0.0)
+    cs = CrossStitchModel(D_IN, tasks, opts)
+    build = backbone_factory("plain_mlp", {"widths": widths}, InputSpec("vector", (D_IN,)))
+    ind = SeparateNetworks({t.name: build() for t in tasks}, tasks)
+    with torch.no_grad():
+        for i, t in enumerate(tasks):
+            net = ind.backbones[t.name]
+            for layer, linear in zip(cs.layers, [net.stem[1], *(b.linear for b in net.blocks)]):
+                linear.weight.copy_(layer.weight[i])
+                linear.bias.copy_(layer.bias[i])
+            ind.heads[t.name].load_state_dict(cs.heads[t.name].state_dict())
+    x = torch.randn(4, D_IN)
+    out_cs, out_ind = cs(x), ind(x)
+    assert all(torch.allclose(out_cs[t.name], out_ind[t.name], atol=1e-6) for t in tasks)
+    method = CrossStitch(opts, validate_config({"data": {"path": "x.csv"}, "optim": {"lr": 0.01}}))
+    spec = method.optim(cs)
+    assert spec.lrs["cross_stitch"] == 0.0 and spec.lrs["backbone"] == 0.01  # the units stay at the identity
+    assert CrossStitch(CrossStitchOptions(lr_mult=10), method.cfg).optim(cs).lrs["cross_stitch"] == pytest.approx(0.1)
+
+
+def test_mmoe_one_expert_equals_shared_bottom():
+    from sharewise.backbones.plain_mlp import PlainMLP
+    from sharewise.methods.hard import SharedBottom
+
+    tasks = _tasks()
+    model = MMoEModel(D_IN, tasks, MMoEOptions(widths=[6, 5], num_experts=1))
+    hard = SharedBottom(PlainMLP(D_IN, [6, 5]), tasks)
+    expert = model.mmoe.experts[0]
+    with torch.no_grad():
+        hard.backbone.stem[1].load_state_dict(expert[0].state_dict())
+        hard.backbone.blocks[0].linear.load_state_dict(expert[2].state_dict())
+    hard.heads.load_state_dict(model.heads.state_dict())
+    x = torch.randn(4, D_IN)
+    assert all(torch.allclose(model(x)[t.name], hard(x)[t.name], atol=1e-6) for t in tasks)
+
+
+def test_soft_order_one_hot_equals_fixed_order():
+    tasks = _tasks()
+    model = SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6]))
+    with torch.no_grad():  # task 0: F_2 then F_1; others: F_1 then F_2
+        logits = torch.full((3, 2, 2), -1e4)
+        logits[:, 0, 0] = logits[:, 1, 1] = 0
+        logits[0] = torch.tensor([[-1e4, 0], [0, -1e4]])
+        model.soft.order_logits.copy_(logits)
+    x = torch.randn(4, D_IN)
+    f1, f2 = model.soft.shared_layers
+    h = model.encoder(x)
+    assert torch.allclose(model(x, tasks=["t0"])["t0"], model.heads["t0"](f1(f2(h))), atol=1e-6)
+    assert torch.allclose(model(x, tasks=["t1"])["t1"], model.heads["t1"](f2(f1(h))), atol=1e-6)
+
+
+# spec §5.7: the reference architectures at H = 1024, M = 64, T = 16, heads 3 557 classes
+@pytest.mark.parametrize("name,total", [("taan", 6_929_061), ("soft_order", 6_925_861), ("mmoe", 23_435_749),
+                                        ("cross_stitch", 56_124_645)])
+def test_published_youtube8m_parameter_counts(name, total):
+    from sharewise.data.yt8m import REFERENCE_VERTICALS
+
+    tasks = _tasks([c for _, c in REFERENCE_VERTICALS])
+    h = [1024] * 3
+    build = {"taan": lambda: TAANModel(1152, tasks, TAANOptions(widths=h, num_basis=64)),
+             "soft_order": lambda: SoftOrderModel(1152, tasks, SoftOrderOptions(widths=h, depth=2)),
+             "mmoe": lambda: MMoEModel(1152, tasks, MMoEOptions(widths=h, num_experts=6)),
+             "cross_stitch": lambda: CrossStitchModel(1152, tasks, CrossStitchOptions(widths=h))}[name]
+    with torch.device("meta"):
+        model = build()
+    assert sum(p.numel() for p in model.parameters()) == total
+
+
+IMAGE = (2, 8, 8)
+
+
+def _conv_models():
+    tasks = _tasks()
+    torch.manual_seed(0)
+    conv = {"trunk": "conv", "widths": [3, 4]}
+    return {
+        "taan": TAANModel(IMAGE[0], tasks, TAANOptions(**conv, num_basis=3, regularizer="cosine")),
+        "cross_stitch": CrossStitchModel(IMAGE[0], tasks, CrossStitchOptions(**conv)),
+        "mmoe": MMoEModel(IMAGE[0], tasks, MMoEOptions(**conv, num_experts=2)),
+        "soft_order": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3])),
+    }
+
+
+@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order"])
+def test_conv_trunks_keep_the_cost_contract(name):
+    """On image inputs (``trunk: conv``): output shapes, one task's call = its part of the all-task
+    call, the path parameters are exactly what a task's output reaches, and the FLOPs order."""
+    from sharewise.cost import flop_counts, parameter_counts
+
+    model = _conv_models()[name].eval()
+    x = torch.randn(5, *IMAGE)
+    with torch.no_grad():
+        out = model(x)
+        assert all(out[t.name].shape == (5, t.out_features) for t in model.tasks)
+        assert torch.allclose(model(x, tasks=["t1"])["t1"], out["t1"], atol=1e-6)
+    counts = parameter_counts(model)
+    for index, t in enumerate(model.tasks):
+        model.zero_grad(set_to_none=True)
+        model(x, tasks=[t.name])[t.name].square().sum().backward()
+        reached = 0
+        for module in model.modules():
+            rows = getattr(module, "per_task_rows", False)
+            for p in module.parameters(recurse=False):
+                if p.grad is not None and p.grad.abs().sum() > 0:
+                    reached += p[index].numel() if rows else p.numel()
+        assert reached == counts["per_task"][t.name]
+    flops = flop_counts(model, x[0])
+    assert max(flops["per_task"].values()) <= flops["all_tasks"] <= flops["naive"]
+
+
+@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order"])
+def test_conv_whole_batch_hook_equals_one_call_per_task(name):
+    model = _conv_models()[name].train()
+    batches = {t.name: torch.randn(4, *IMAGE) for t in model.tasks}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    per_task = {t: model(x, tasks=[t])[t] for t, x in batches.items()}
+    model.load_state_dict(state)
+    whole = model.forward_all_tasks(batches)
+    assert all(torch.allclose(per_task[t], whole[t], atol=1e-5) for t in batches)
+
+
+def test_conv_trunk_needs_images():
+    from sharewise.data.base import InputSpec
+    from sharewise.errors import ConfigError
+    from sharewise.methods._soft import check_trunk
+
+    with pytest.raises(ConfigError, match="method.trunk: conv needs image inputs"):
+        check_trunk(TAANOptions(trunk="conv"), InputSpec("vector", (5,)))
+
+
+@pytest.mark.parametrize("method", ["taan", "cross_stitch"])
+def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
+    import json
+    from pathlib import Path
+
+    from sharewise import fit
+    from test_images import make_idx
+
+    path = make_idx(tmp_path / "idx", n_train=60, n_test=20)
+    run = fit({"data": {"path": str(path), "task_views": {"upright": {}, "turned": {"rot90": 1}}},
+               "method": {"name": method, "trunk": "conv", "widths": [4, 4]},
+               "train": {"epochs": 1, "max_steps": 4, "batch_size": 8, "threads": 1, "progress": False},
+               "output": {"dir": str(tmp_path / "run"), "tensorboard": False}})
+    results = json.loads((Path(run.path) / "results.json").read_text())
+    assert set(results["tasks"]) == {"upright", "turned"}
+    assert all("accuracy" in entry["test"] for entry in results["tasks"].values())
