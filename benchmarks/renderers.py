@@ -525,3 +525,30 @@ def speed_malloc(runs_root: Path) -> str:
         rows.append(f"| {SPEED_NAMES[r['backbone']]} | {r['tasks']} | {r['speedup']:.2f} | {r['speedup_batched']:.2f} "
                     f"| {faults(r)} | {k['speedup']:.2f} | {k['speedup_batched']:.2f} | {faults(k)} |")
     return "\n".join(rows)
+
+
+# --- parameter allocation speed (benchmarks/gumbel_matrix_speed.py) -----------------------------------
+
+GM_NETWORKS = {"mnist_c4": "MNIST, C = 4", "mnist_c7": "MNIST, C = 7", "clusters": "clusters, C = 16 (2 kinds)"}
+
+
+@register("speed-gumbel_matrix", "the latest run in benchmarks/results/runs/speed/gumbel_matrix*.json; ranges over every stored run")
+def speed_gumbel_matrix(runs_root: Path) -> str:
+    runs = load_runs("speed", "gumbel_matrix", runs_root)
+    last = runs[-1]["result"]
+    rows = ["| network | training update: grouped ms | looped ms | **grouped speed-up** | every stored run "
+            "| peak MB grouped / looped |", "|---" * 6 + "|"]
+    for r in last["train"]:
+        ms = {k: 1e3 * r["timing"][k]["median_s"] for k in ("grouped", "looped")}
+        rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {ms['grouped']:.2f} | {ms['looped']:.2f} "
+                    f"| **{r['speedup']:.2f}** | {_spread(_over_runs(runs, 'train.' + r['network'] + '.speedup'))} "
+                    f"| {r['peak_bytes']['grouped'] / 2**20:.1f} / {r['peak_bytes']['looped'] / 2**20:.1f} |")
+    rows += ["", "| network | allocation | inference: FLOP ratio | selected-only speed-up | (÷ ratio) | ÷ ratio, every stored run "
+             "| peak MB selected / dense |", "|---" * 7 + "|"]
+    for r in last["inference"]:
+        key = f"inference.{r['network']}.{r['allocation']}"
+        ratios = [s / f for s, f in zip(_over_runs(runs, key + ".speedup"), _over_runs(runs, key + ".flop_ratio"))]
+        rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {SPEED_POLICIES.get(r['allocation'], r['allocation'])} "
+                    f"| {r['flop_ratio']:.2f} | {r['speedup']:.2f} | {r['speedup_over_flop_ratio']:.2f} | {_spread(ratios)} "
+                    f"| {r['peak_bytes']['selected'] / 2**20:.2f} / {r['peak_bytes']['dense'] / 2**20:.2f} |")
+    return "\n".join(rows)
