@@ -134,14 +134,20 @@ def map_at_k(y_true: np.ndarray, score: np.ndarray, k: int = 10) -> float:
     """
     if not len(y_true):
         return math.nan
+    _, hit, precision = _top_k_hits(y_true, score, k)
+    found = hit.sum(1)
+    ap = np.divide((precision * hit).sum(1), found, out=np.zeros(len(found)), where=found > 0)
+    return float(ap.mean())
+
+
+def _top_k_hits(y_true: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels as floats, ``hit`` (N, k): the labels of each example's top-k classes by score,
+    ``precision`` (N, k): precision@i of those), k capped at the number of classes."""
     y_true = np.asarray(y_true, dtype=float)
     k = min(k, score.shape[1])
     top = np.argsort(-score, axis=1, kind="stable")[:, :k]
     hit = np.take_along_axis(y_true, top, 1)
-    found = hit.sum(1)
-    precision = np.cumsum(hit, 1) / np.arange(1, k + 1)
-    ap = np.divide((precision * hit).sum(1), found, out=np.zeros(len(found)), where=found > 0)
-    return float(ap.mean())
+    return y_true, hit, np.cumsum(hit, 1) / np.arange(1, k + 1)
 
 
 def map_at_k_over_positives(y_true: np.ndarray, score: np.ndarray, k: int = 10) -> float:
@@ -153,15 +159,11 @@ def map_at_k_over_positives(y_true: np.ndarray, score: np.ndarray, k: int = 10) 
     """
     if not len(y_true):
         return math.nan
-    y_true = np.asarray(y_true, dtype=float)
-    k = min(k, score.shape[1])
-    top = np.argsort(-score, axis=1, kind="stable")[:, :k]
-    hit = np.take_along_axis(y_true, top, 1)
-    n_rel = np.minimum(y_true.sum(1), k)
+    y_true, hit, precision = _top_k_hits(y_true, score, k)
+    n_rel = np.minimum(y_true.sum(1), hit.shape[1])
     keep = n_rel > 0
     if not keep.any():
         return math.nan
-    precision = np.cumsum(hit, 1) / np.arange(1, k + 1)
     return float(((precision * hit).sum(1)[keep] / n_rel[keep]).mean())
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 
 from ..tasks import Task
-from .base import Method, MultiTaskModel, OptimSpec, Phase, Stretch, TaskHeads
+from .base import Method, MultiTaskModel, OptimSpec, Phase, Stretch, TaskHeads, positive_widths
 
 
 class SoftOptions(BaseModel):
@@ -34,12 +34,7 @@ class SoftOptions(BaseModel):
     kernel_size: int = Field(3, ge=1, description="conv: the kernel of every layer (odd: same padding)")
     pool: bool = Field(True, description="conv: a 2×2 max-pool after each layer")
 
-    @field_validator("widths")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(int(w) < 1 for w in v):
-            raise ValueError("needs at least one positive width")
-        return v
+    _positive_widths = field_validator("widths")(positive_widths)
 
 
 def check_trunk(opts: SoftOptions, input_spec: Any) -> None:

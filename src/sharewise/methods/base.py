@@ -154,6 +154,13 @@ class Phase:
     save_init: bool = False  # save the model as checkpoint ``init`` before any update
 
 
+def positive_widths(cls: type, v: list[int]) -> list[int]:
+    """A ``widths`` option's check (use as ``field_validator("widths")(positive_widths)``)."""
+    if not v or any(int(w) < 1 for w in v):
+        raise ValueError("needs at least one positive width")
+    return v
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

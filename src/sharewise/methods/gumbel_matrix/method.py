@@ -28,7 +28,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..base import (BuildContext, Candidate, Method, MethodContext, MultiTaskModel, OptimSpec, Phase, Stretch,
-                    register_method)
+                    positive_widths, register_method)
 from .network import (PRESET_COMPONENTS, RoutedNetwork, all_ones_router, gumbel_router, identity_router, keras_init,
                       preset_layers)
 from .similarity import similarity_summary
@@ -60,12 +60,7 @@ class NetworkOptions(BaseModel):
     l2: float = Field(0.0, ge=0, description="l2 · Σ ½‖w‖² over weights (not biases, not router logits), GroupNorm "
                                              "γ and β included, added at every update (§3, Omniglot)")
 
-    @field_validator("widths")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(int(w) < 1 for w in v):
-            raise ValueError("needs at least one positive width")
-        return v
+    _positive_widths = field_validator("widths")(positive_widths)
 
     @field_validator("components")
     @classmethod
