@@ -92,6 +92,18 @@ def adashare_task_bn(seeds=(1, 2)) -> list[Run]:
                  "--set", "method.task_bn=true") for seed in seeds]
 
 
+# Youtube-8M video-level sample (TAAN specification §5): the methods at H = 256, TAAN with each regulariser
+YT8M_VARIANTS = {"hard": ("yt8m_hard", ()), "independent": ("yt8m_independent", ()),
+                 **{f"taan-{r}": ("yt8m_taan", ("--set", f"method.regularizer={r}"))
+                    for r in ("none", "distance", "cosine", "l21", "nuclear")},
+                 "cross_stitch": ("yt8m_cross_stitch", ()), "mmoe": ("yt8m_mmoe", ()), "soft_order": ("yt8m_soft_order", ())}
+
+
+def yt8m(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("yt8m", f"{name}-seed{seed}", f"configs/taan/{config}.yaml", seed, *extra)
+            for seed in seeds for name, (config, extra) in YT8M_VARIANTS.items()]
+
+
 SECTIONS: dict[str, list[Run]] = {
     "images": images(),
     "ixi": ixi(),
@@ -99,6 +111,7 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-digits": adashare("digits"),
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
+    "yt8m": yt8m(),
 }
 
 
@@ -111,7 +124,7 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
     for task, flops in (results.get("flops") or {}).get("per_task", {}).items():
         figures[f"flops.{task}"] = flops
     candidates = results.get("candidates")
-    extra: dict = {}
+    extra: dict = {"test_n": {task: entry["test"].get("n") for task, entry in results["tasks"].items()}}
     if candidates:
         for task, metrics in candidates["mean_sd"].items():
             for metric, stats in metrics.items():
