@@ -495,13 +495,13 @@ def commands_block(runs_root: Path, section: str) -> str:
     return "```bash\n" + "\n".join(commands) + "\n```"
 
 
-MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",),
+MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "loading": ("loading",), "speed": ("speed",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
-for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"):
+for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
@@ -551,4 +551,45 @@ def speed_gumbel_matrix(runs_root: Path) -> str:
         rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {SPEED_POLICIES.get(r['allocation'], r['allocation'])} "
                     f"| {r['flop_ratio']:.2f} | {r['speedup']:.2f} | {r['speedup_over_flop_ratio']:.2f} | {_spread(ratios)} "
                     f"| {r['peak_bytes']['selected'] / 2**20:.2f} / {r['peak_bytes']['dense'] / 2**20:.2f} |")
+    return "\n".join(rows)
+
+
+# --- Youtube-8M (benchmarks/section_runs.py yt8m) --------------------------------------------------------
+
+YT8M_ROWS = (("hard", "`hard` (plain MLP trunk)"), ("independent", "`independent`"),
+             ("taan-none", "`taan`, no regulariser"), ("taan-distance", "`taan`, `distance`"),
+             ("taan-cosine", "`taan`, `cosine`"), ("taan-l21", "`taan`, `l21`"), ("taan-nuclear", "`taan`, `nuclear`"),
+             ("cross_stitch", "`cross_stitch`"), ("mmoe", "`mmoe`"), ("soft_order", "`soft_order`"))
+YT8M_METRICS = (("gap_at_20", "GAP@20"), ("map_at_10", "mAP@10"), ("hit_at_1", "Hit@1"))
+YT8M_SEEDS = (0, 1, 2)
+
+
+def _task_mean(figures: dict[str, float], metric: str) -> float:
+    values = [v for k, v in figures.items() if k.endswith("." + metric) and not k.startswith("candidates.")]
+    return statistics.mean(values)
+
+
+@register("yt8m", "benchmarks/results/runs/yt8m/*-seed{0,1,2}.json")
+def yt8m_table(runs_root: Path) -> str:
+    rows = ["| method | " + " | ".join(f"{label} (mean over tasks) ↑" for _, label in YT8M_METRICS)
+            + " | parameters | FLOPs / example, all tasks | wall per run |", "|---" * (len(YT8M_METRICS) + 4) + "|"]
+    for name, label in YT8M_ROWS:
+        recs = [_record(runs_root, "yt8m", f"{name}-seed{s}") for s in YT8M_SEEDS]
+        cells = [mean_sd([_task_mean(r["figures"], m) for r in recs], 4) for m, _ in YT8M_METRICS]
+        f = recs[0]["figures"]
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {grouped(f['parameters'])} | {_mflops(f['flops'])} | {_walls(recs)} |")
+    return "\n".join(rows)
+
+
+@register("yt8m-per-task", "benchmarks/results/runs/yt8m/{hard,independent,taan-distance}-seed{0,1,2}.json")
+def yt8m_per_task(runs_root: Path) -> str:
+    names = ("hard", "independent", "taan-distance")
+    recs = {n: [_record(runs_root, "yt8m", f"{n}-seed{s}") for s in YT8M_SEEDS] for n in names}
+    tasks = [k[:-len(".gap_at_20")] for k in recs["hard"][0]["figures"] if k.endswith(".gap_at_20")]
+    rows = ["| vertical (task) | test videos (seeds 0 / 1 / 2) | `hard` GAP@20 | `independent` | `taan`, `distance` |",
+            "|---|---|---|---|---|"]
+    for t in tasks:
+        counts = " / ".join(str(r.get("test_n", {}).get(t, "–")) for r in recs["hard"])
+        cells = [mean_sd([r["figures"][f"{t}.gap_at_20"] for r in recs[n]], 3) for n in names]
+        rows.append(f"| {t} | {counts} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
