@@ -593,3 +593,23 @@ def yt8m_per_task(runs_root: Path) -> str:
         cells = [mean_sd([r["figures"][f"{t}.gap_at_20"] for r in recs[n]], 3) for n in names]
         rows.append(f"| {t} | {counts} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+@register("speed-taan", "benchmarks/results/runs/speed/taan*.json (the latest run)")
+def speed_taan(runs_root: Path) -> str:
+    result = load_run("speed", "taan", runs_root)["result"]
+    r = result["reading"]
+    rows = ["| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s |", "|---|---|---|",
+            f"| `sharewise.data.tfrecord` | checked (numpy CRC-32C: the default install) | {grouped(r['sharewise']['records_per_s'])} |"]
+    if r.get("sharewise_native_crc"):
+        rows.append(f"| `sharewise.data.tfrecord` | checked (a native CRC-32C: `crc32c` here; the extra `tfrecord` installs `google-crc32c`) "
+                    f"| {grouped(r['sharewise_native_crc']['records_per_s'])} |")
+    if r.get("tfrecord_package"):
+        rows.append(f"| `tfrecord` package (PyPI) | skipped | {grouped(r['tfrecord_package']['records_per_s'])} |")
+    rows += ["", "| TAL step (forward + backward, batch 64, 64 hinges) | width | tasks | TAL ms | Linear + ReLU ms | TAL ÷ Linear + ReLU |",
+             "|---|---|---|---|---|---|"]
+    for c in result["tal"]:
+        rows.append(f"| shared input, every task's activation | {c['width']} | {c['tasks']} "
+                    f"| {1e3 * c['timing']['tal']['median_s']:.2f} | {1e3 * c['timing']['linear_relu']['median_s']:.2f} "
+                    f"| {c['tal_over_linear']:.2f} |")
+    return "\n".join(rows)
