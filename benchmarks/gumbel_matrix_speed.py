@@ -23,9 +23,7 @@ adashare_speed.py (blocks of ~30 ms, variants alternating in a seeded order, med
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +35,7 @@ from sharewise.methods.base import OptimSpec
 from sharewise.methods.gumbel_matrix.network import RoutedNetwork, gumbel_router, keras_init, preset_layers
 from sharewise.tasks import Task
 
-from _results import record_benchmark  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import record_benchmark, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from adashare_speed import _peak, compare  # noqa: E402
 
 # name -> (preset, input shape, components, batch, tasks)
@@ -205,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             result["inference"].append(r)
             print(f"{'':<16} {name:<10} {allocation:<11} {r['flop_ratio']:>10.2f} {r['speedup']:>9.2f} "
                   f"{r['speedup_over_flop_ratio']:>8.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {out}")
+    write_json(result, args.out)
     if not args.no_record:
         record_benchmark("speed", "gumbel_matrix", result, figures(result), threads=args.threads,
                          script="gumbel_matrix_speed.py", argv=argv)

@@ -16,7 +16,6 @@ Timing as adashare_speed.py (blocks of ~30 ms, variants alternating in a seeded 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import sharewise.data.tfrecord as tfrecord_module
 from sharewise.data.tfrecord import expand_paths, read_examples
 from sharewise.layers.tal import TALLinear
 
-from _results import record_benchmark  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import record_benchmark, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from adashare_speed import compare  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yt8m"
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             result["tal"].append(c)
             print(f"TAL H={width} T={tasks:>2} M=64: {1e3 * c['timing']['tal']['median_s']:.2f} ms, Linear+ReLU "
                   f"{1e3 * c['timing']['linear_relu']['median_s']:.2f} ms: {c['tal_over_linear']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {out}")
+    write_json(result, args.out)
     if not args.no_record:
         figures = {"reading.sharewise.records_per_s": r["sharewise"]["records_per_s"]}
         if r.get("sharewise_native_crc"):
