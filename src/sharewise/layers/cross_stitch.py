@@ -8,6 +8,8 @@ returns that task's one.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from collections.abc import Callable, Sequence
 
@@ -56,7 +58,7 @@ class CrossStitchUnit(nn.Module):
         return self.mixing.new_zeros(())
 
 
-class _CrossStitchLayer(nn.Module):
+class _CrossStitchLayer(nn.Module, abc.ABC):
     def _finish(self, num_tasks, task_names, activation, per_channel_units, channels, alpha_self, alpha_other,
                 lr_mult):
         self.num_tasks = int(num_tasks)
@@ -65,8 +67,9 @@ class _CrossStitchLayer(nn.Module):
         self.unit = CrossStitchUnit(self.num_tasks, channels if per_channel_units else None,
                                     alpha_self=alpha_self, alpha_other=alpha_other, lr_mult=lr_mult)
 
+    @abc.abstractmethod
     def _columns(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Every task's column of the layer on its input, stacked ``(B, T, ...)``."""
 
     def forward(self, x: torch.Tensor, task=None) -> torch.Tensor:
         """``x``: shared ``(B, ...)`` or per-task streams ``(B, T, ...)``; ``task`` an int or name →

@@ -19,6 +19,8 @@ forms of :func:`gaussian_moments` (``E00``, ``U``, ``W``) for the Gram matrix
 
 from __future__ import annotations
 
+import abc
+
 import math
 from collections.abc import Sequence
 
@@ -156,7 +158,7 @@ def adaptive_activation(z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
     return F.relu(zz) + sel_b - zz * sel_a
 
 
-class _TAL(nn.Module):
+class _TAL(nn.Module, abc.ABC):
     """Shared parts of :class:`TALLinear` and :class:`TALConv2d`."""
 
     feature_dims = 1
@@ -205,8 +207,9 @@ class _TAL(nn.Module):
 
     # ------------------------------------------------------------ forward
 
+    @abc.abstractmethod
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The shared affine part: ``W x + b`` (linear) or the convolution."""
 
     def _normalise(self, z: torch.Tensor, copies: int, stacked: bool) -> torch.Tensor:
         norm = self.norm

@@ -18,6 +18,8 @@ explicit L2 term of §3). ``allocation.json`` holds the learned allocation of th
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -134,8 +136,9 @@ class _Routing(Method):
                               f"({PRESET_COMPONENTS[preset]} per routed layer)")
         return c if c is not None else (num_tasks if preset == "mlp" else PRESET_COMPONENTS[preset])
 
+    @abc.abstractmethod
     def make_router(self, num_tasks: int, num_components: int) -> nn.Module:
-        raise NotImplementedError
+        """The router of one routed layer: learned (``gumbel_matrix``) or a fixed matrix."""
 
     def model_options(self) -> dict[str, Any]:
         return {}
