@@ -104,6 +104,18 @@ def yt8m(seeds=(0, 1, 2)) -> list[Run]:
             for seed in seeds for name, (config, extra) in YT8M_VARIANTS.items()]
 
 
+# Parameter allocation, MNIST with 4 tasks (spec parameter_allocation.md §7.1): the four published
+# variants at the spec's reduced schedule for 2 CPU cores (5 000 rounds per task instead of 37 500;
+# everything else as published), inline validation every 1 000 rounds, the final model reported.
+GM_MNIST_VARIANTS = ("no_sharing", "shared_bottom", "gumbel_matrix", "gumbel_matrix_budget")
+GM_MNIST_REDUCED = ("--set", "method.steps_per_task=5000", "--set", "method.eval_every_rounds=1000")
+
+
+def gumbel_matrix_mnist(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("gumbel_matrix-mnist", f"{variant}-seed{seed}", f"configs/gumbel_matrix/mnist_{variant}.yaml", seed,
+                 *GM_MNIST_REDUCED) for seed in seeds for variant in GM_MNIST_VARIANTS]
+
+
 SECTIONS: dict[str, list[Run]] = {
     "images": images(),
     "ixi": ixi(),
@@ -112,6 +124,7 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
     "yt8m": yt8m(),
+    "gumbel_matrix-mnist": gumbel_matrix_mnist(),
 }
 
 
@@ -132,6 +145,7 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
                     figures[f"candidates.{task}.{metric}"] = stats["mean"]
         extra["selected"] = results["selection"].get("selected")
         extra["candidates"] = candidates["n"]
+    figures.update(allocation_figures(run_dir, results))
     policy = run_dir / "policy.json"
     if policy.exists():
         p = json.loads(policy.read_text())
@@ -140,6 +154,29 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         extra["architectures"] = [{k: a[k] for k in ("name", "policy", "num_removed", "selected") if k in a}
                                   for a in p.get("architectures", [])]
     return figures, extra
+
+
+def allocation_figures(run_dir: Path, results: dict) -> dict[str, float]:
+    """A routing method's learned allocation as figures: each task's active fraction (deterministic
+    pattern) and expected fraction (mean connection probability p), and the family separation of
+    the binary and soft task similarity (within, across, difference)."""
+    allocation = results.get("allocation")
+    if not allocation:
+        return {}
+    figures: dict[str, float] = {}
+    for task, fraction in allocation.get("active_fraction", {}).items():
+        figures[f"allocation.active_fraction.{task}"] = fraction
+    record = run_dir / "allocation.json"
+    if record.exists():
+        layers = json.loads(record.read_text())["layers"]
+        for task in allocation.get("active_fraction", {}):
+            p = [v for layer in layers for v in layer["p"][task]]
+            figures[f"allocation.expected_fraction.{task}"] = sum(p) / len(p)
+    for kind, sep in (allocation.get("similarity") or {}).get("separation", {}).items():
+        for key in ("within", "across", "difference"):
+            if sep.get(key) is not None:
+                figures[f"allocation.separation.{kind}.{key}"] = sep[key]
+    return figures
 
 
 def measure(run: Run, out_root: str) -> tuple[str, dict, dict, dict]:
