@@ -3,8 +3,8 @@ volumes), through the CLI and ``Run.predict``; the exported model's ``predict`` 
 its named, decoded ``torch.export`` outputs; the scikit-learn-style entry for tables."""
 
 import json
+import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from test_images import make_folder, make_idx, make_table
 from test_volumes import make_study
 
 nib = pytest.importorskip("nibabel")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 COMMON = ["--epochs", "2", "--no-progress", "--set", "train.threads=1", "--set", "output.tensorboard=false"]
 CONVNET = ["--backbone", "convnet", "--set", "backbone.widths=[4,8]"]
@@ -228,6 +229,36 @@ def test_volume_rows_without_a_volume_are_counted_and_left_out(runs, tmp_path):
     assert list(pred["MRID"]) == list(frame["MRID"][:-1])
 
 
+def test_predict_gives_each_task_its_view(tmp_path):
+    """Per-task IDX views: each task's input turned as in training (a rotated task fed the upright
+    images would give other probabilities)."""
+    make_idx(tmp_path / "idx", n_train=120, n_test=40)
+    out = tmp_path / "r"
+    assert main(["run", "--data", str(tmp_path / "idx"), "--set", "data.task_views={plain: {}, rot: {rot90: 1}}",
+                 "--set", "tasks=[{name: plain, kind: categorical}, {name: rot, kind: categorical}]",
+                 *CONVNET, *COMMON, "--out", str(out)]) == 0
+    run = sharewise.load_run(out)
+    pred = run.predict(tmp_path / "idx").set_index("id")
+    data = build_data(load_config(out / "config.yaml")).data
+    rows = data.splits["rot"]["test"]
+    ids = [str(i) for i in data.examples["rot"].ids[rows]]
+    for task, view in (("plain", "plain"), ("rot", "rot"), ("rot", "plain")):
+        t = next(t for t in run.tasks if t.name == task)
+        with torch.no_grad():
+            expected = t.predict(run.model(data.examples[view].get_inputs(rows), tasks=[task])[task])
+        got = pred.loc[ids, [f"{task}:p[{c}]" for c in t.classes]].to_numpy()
+        assert np.allclose(got, expected, atol=1e-6) == (task == view), (task, view)
+
+
+def test_predict_refuses_a_source_it_does_not_read():
+    from sharewise.config import validate_config
+    from sharewise.data.inference import input_pipeline
+
+    with pytest.raises(sharewise.DataError, match="runs/x: predict takes runs trained on tables, images or volumes; "
+                                                  "this run's data is yt8m"):
+        input_pipeline({"kind": "yt8m", "source": "yt8m"}, validate_config({}), what="runs/x")
+
+
 # ----------------------------------------------------------------- export
 
 
@@ -317,3 +348,35 @@ def test_fit_rejects_what_is_not_data_or_config(tmp_path):
         sharewise.fit(pd.DataFrame({"a": [], "b": []}), cat_target="a", out=tmp_path / "x")
     with pytest.raises(sharewise.ConfigError, match="given twice"):
         sharewise.fit({"data": {}}, config={"data": {}})
+
+
+def test_readme_table_quickstart_in_python_runs(tmp_path, monkeypatch, capsys):
+    """The README's scikit-learn-style example runs as written; ``score`` on the test rows gives
+    the recorded test metrics, and the run learnt the cultivar."""
+    from sklearn.datasets import load_wine
+
+    block = re.search(r"### A table with several targets.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert "alcohol" in capsys.readouterr().out
+    run = sharewise.load_run(tmp_path / "runs" / "wine")
+    frame = load_wine(as_frame=True).frame
+    split = pd.read_csv(run.path / "split.csv")
+    test_rows = split.loc[split["split"] == "test", "id"].to_numpy()  # no id column: the row numbers
+    scores = run.score(frame.iloc[test_rows])
+    tasks = run.results["tasks"]
+    assert scores["target"] == pytest.approx(tasks["target"]["test"]["accuracy"], abs=1e-9)
+    assert scores["alcohol"] == pytest.approx(tasks["alcohol"]["test"]["r2"], rel=1e-4)
+    assert scores["target"] >= 0.8  # three cultivars, the largest a third of the rows
+
+
+def test_a_version_1_export_still_predicts_tables(runs, tmp_path):
+    """Files written before the preprocessing travelled with them: tables (encoders) still predict."""
+    run_dir, main_csv = runs["join"]
+    model_file = tmp_path / "model.pt"
+    assert main(["export", str(run_dir), "--out", str(model_file), "--no-program"]) == 0
+    blob = torch.load(model_file, weights_only=True)
+    description = json.loads(blob["description"])
+    old = {k: v for k, v in description.items() if k not in ("data_state", "preprocessing", "outputs")}
+    torch.save({"description": json.dumps({**old, "version": 1}), "state_dict": blob["state_dict"]}, tmp_path / "v1.pt")
+    pd.testing.assert_frame_equal(load_exported(tmp_path / "v1.pt").predict(main_csv), load_exported(model_file).predict(main_csv))
