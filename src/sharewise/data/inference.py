@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,25 +65,27 @@ class NewExamples:
 
 
 @dataclass
-class Inputs:
+class Inputs(ABC):
     """How one run's raw inputs become model inputs: :meth:`locate` finds the examples,
-    :meth:`batch` reads and preprocesses some of them."""
+    :meth:`batch` reads and preprocesses some of them. ``read_cfg``: the run's table-reading keys."""
 
     read_cfg: DataConfig = field(default_factory=DataConfig)
 
     kind = "none"
 
+    @abstractmethod
     def locate(self, data: Any, *, source: str | None = None, root: str | Path | None = None,
                image_col: str | None = None, join_paths: Sequence[str | Path] | str | Path | None = None,
                skip_rows: int | None = None) -> NewExamples:
-        raise NotImplementedError
+        """The new examples ``data`` holds (see the module docstring for the forms it takes)."""
 
+    @abstractmethod
     def batch(self, examples: NewExamples, rows: np.ndarray) -> torch.Tensor | dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The model inputs of ``examples``' ``rows``: one tensor, or per task one (per-task views)."""
 
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The preprocessing in words and numbers (an exported model's metadata)."""
-        raise NotImplementedError
 
     def _reject(self, what: str, value: Any, why: str | None = None) -> None:
         if value is not None:
