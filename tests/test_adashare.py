@@ -594,7 +594,7 @@ def test_task_bn_runs_end_to_end_and_exports(tmp_path):
     assert state["backbone.stem.2.weight"].shape == (16,)  # the stem stays shared
     info = export_run(out, tmp_path / "model.pt", program=False)
     model = load_exported(info["path"])
-    assert model.task_bn and set(model(torch.zeros(2, 64))) == {"digit", "parity", "large", "value"}
+    assert model.model.task_bn and set(model(torch.zeros(2, 64))) == {"digit", "parity", "large", "value"}
     with pytest.raises(ConfigError, match="task_bn"):
         AdaShareNet(backbone_factory("mlp", {"widths": [8], "norm": "layer"}, InputSpec("vector", (4,)))(), TASKS,
                     task_bn=True)

@@ -32,7 +32,13 @@ def test_export_adashare_architecture_same_outputs_and_smaller(tmp_path):
     a, b = exported(x), original(x)
     assert all(torch.allclose(a[t], b[t]) for t in a)
     program = torch.export.load(model_file.with_suffix(".pt2")).module()
-    assert all(torch.allclose(o, a[t], atol=1e-6) for o, t in zip(program(x), exported.task_names))
+    with torch.no_grad():
+        named, decoded = program(x), exported.decode(x)
+    assert list(named) == exported.task_names  # named outputs, decoded: probabilities and values in units
+    assert all(torch.allclose(named[t], decoded[t], atol=1e-6) for t in named)
+    assert torch.allclose(named["digit"], torch.softmax(a["digit"], 1), atol=1e-6)
+    value = exported.tasks[exported.task_names.index("value")]
+    assert torch.allclose(named["value"], a["value"][:, 0] * value.std + value.mean, atol=1e-5)
     # smaller on disk than the same export with every block kept
     removed = [l for l in range(4) if not any(d[l] for d in policy.values())]
     full_state = {k: v for k, v in torch.load(out / "checkpoints" / "init.pt", weights_only=True)["model"].items()

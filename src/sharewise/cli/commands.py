@@ -131,7 +131,6 @@ PREDICTION_FORMATS = (".csv", ".tsv", ".parquet")  # predict --out: the format f
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..api import Run
-    from ..data.table import read_table
     from ..files import atomic_write_bytes
     from ..errors import RunDirError, UsageError
 
@@ -143,13 +142,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise RunDirError(f"{out} exists; use --overwrite to replace it")
     run = Run(args.run_dir)
-    data_cfg = run.config.data.model_copy()
-    if args.skip_rows is not None:
-        data_cfg.skip_rows = args.skip_rows
-    elif data_cfg.test_path and Path(args.data).resolve() == Path(data_cfg.test_path).resolve():
-        data_cfg.skip_rows = data_cfg.test_skip_rows if data_cfg.test_skip_rows is not None else data_cfg.skip_rows
-    frame = read_table(args.data, data_cfg)
-    predictions = run.predict(frame, source=str(args.data))
+    data_cfg = run.config.data
+    skip_rows = args.skip_rows
+    if skip_rows is None and data_cfg.test_path and Path(args.data).resolve() == Path(data_cfg.test_path).resolve():
+        skip_rows = data_cfg.test_skip_rows
+    predictions = run.predict(args.data, source=str(args.data), root=args.root, image_col=args.image_col,
+                              join_paths=args.join_data, skip_rows=skip_rows)
     if suffix == ".parquet":
         import io
 

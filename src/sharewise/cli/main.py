@@ -20,7 +20,7 @@ COMMANDS = {
     "test": "evaluate the selected model on the test split once; write results.json",
     "run": "train, test and write the report",
     "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
-    "predict": "apply a finished run's selected model to new rows of a table",
+    "predict": "apply a finished run's selected model to new data (table rows, images, volumes)",
     "report": "regenerate a run's report.md; with several runs, write one comparison",
     "export": "write a finished run's selected model as one compact file (+ a torch.export program)",
     "methods": "list the available methods",
@@ -156,10 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--debug", action="store_true")
     pred = sub.add_parser("predict", help=COMMANDS["predict"], description=COMMANDS["predict"])
     pred.add_argument("run_dir", metavar="RUN", help="a finished run directory")
-    pred.add_argument("--data", required=True, help="table with the feature columns (targets may be missing)")
+    pred.add_argument("--data", required=True,
+                      help="new examples: a table (feature columns; image paths; phenotype rows), a folder of "
+                           "images or volumes, an image, IDX or volume file (targets may be missing)")
     pred.add_argument("--out", "-o", required=True, help="predictions file (.csv, .tsv or .parquet)")
     pred.add_argument("--skip-rows", "--skip_rows", dest="skip_rows", type=_non_negative, default=None,
                       help="lines to skip before the data (default: the run's data.skip_rows)")
+    pred.add_argument(*_alias("--join-data"), dest="join_data", nargs="+", metavar="PATH",
+                      help="new path(s) of the data.join table(s), in the order of data.join (default: the run's)")
+    pred.add_argument("--root", metavar="DIR",
+                      help="base of relative image/volume paths and patterns (default: the run's data.image_root/"
+                           "data.volume_root, else the --data table's folder)")
+    pred.add_argument(*_alias("--image-col"), dest="image_col", metavar="COL",
+                      help="column of image paths in --data (default: the run's data.image_col)")
     pred.add_argument("--overwrite", action="store_true")
     pred.add_argument("--debug", action="store_true")
     exp = sub.add_parser("export", help=COMMANDS["export"], description=COMMANDS["export"])

@@ -111,6 +111,10 @@ class DecodeSpec:
     def key(self) -> dict[str, Any]:
         return {"channels": self.channels, "size": list(self.size), "resample": self.resample}
 
+    @classmethod
+    def from_key(cls, key: dict[str, Any]) -> DecodeSpec:
+        return cls(int(key["channels"]), tuple(int(s) for s in key["size"]), key.get("resample"))
+
 
 def decode_spec(opts: ImageOptions, first_mode: str, native_size: tuple[int, int]) -> DecodeSpec:
     """Resolve ``color: auto`` and the default size from the first image (``native_size`` = (H, W))."""
@@ -420,6 +424,11 @@ class PixelTransform:
     def to_dict(self) -> dict[str, Any]:
         return {"invert": self.invert, "mean": list(self.mean) if self.mean else None,
                 "std": list(self.std) if self.std else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PixelTransform:
+        return cls(bool(d.get("invert", False)), tuple(d["mean"]) if d.get("mean") else None,
+                   tuple(d["std"]) if d.get("std") else None)
 
 
 class ImageStore:

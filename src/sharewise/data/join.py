@@ -33,21 +33,24 @@ _KEY = "__join_key__"
 
 
 def apply_joins(
-    frame: pd.DataFrame, joins: Sequence[JoinSpec], *, source: str, encoding: str = "utf-8",
+    frame: pd.DataFrame, joins: Sequence[JoinSpec], *, source: str, encoding: str = "utf-8", joined_ok: bool = False,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """``frame`` with the columns of every table in ``joins`` added (in order), and per join the
     counts of matched and unmatched rows (for ``data.meta`` and ``data_state.json``)."""
     report = []
     for k, spec in enumerate(joins):
         frame, info = join_table(frame, spec, source=source, key=f"data.join[{k}]" if len(joins) > 1 else "data.join",
-                                 encoding=encoding)
+                                 encoding=encoding, joined_ok=joined_ok)
         report.append(info)
     return frame, report
 
 
 def join_table(
     frame: pd.DataFrame, spec: JoinSpec, *, source: str, key: str = "data.join", encoding: str = "utf-8",
+    joined_ok: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``frame`` with the columns of ``spec``'s table added. With ``joined_ok`` (new rows for
+    ``predict``), a frame that already holds every joined column is returned as it is."""
     from .table import read_table
 
     left_key, right_key = spec.keys
@@ -64,6 +67,8 @@ def join_table(
     else:
         keep = [c for c in other.columns if c != right_key]
     clash = [c for c in keep if c in frame.columns]
+    if joined_ok and clash and len(clash) == len(keep):
+        return frame, {"path": str(spec.path), "key": [left_key, right_key], "already_joined": True}
     if clash:
         raise ConfigError(f"{key}: column(s) {clash[:5]} of {spec.path} are already in {source}; "
                           f"choose the joined columns with {key}.columns")

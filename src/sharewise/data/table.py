@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import json
 import re
 import zlib
 import warnings
@@ -47,9 +49,35 @@ def detect_format(path: Path, fmt: str | None) -> str:
     return FORMATS[ext]
 
 
+FRAME_PREFIX = "dataframe:"
+_FRAMES: dict[str, pd.DataFrame] = {}
+
+
+def register_frame(frame: pd.DataFrame) -> str:
+    """A name for an in-memory DataFrame that :func:`read_table` (and so ``data.path``) accepts:
+    ``dataframe:<hash of its columns, dtypes and values>``, valid in this process. The name is
+    what ``config.yaml`` records, so ``--resume`` with another frame is refused as a changed config."""
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    try:
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    except TypeError:  # cells pandas cannot hash (lists, dicts): their text
+        digest.update(frame.to_csv(index=False).encode())
+    name = f"{FRAME_PREFIX}{digest.hexdigest()[:16]}"
+    _FRAMES[name] = frame.copy()
+    return name
+
+
 def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | None = None) -> pd.DataFrame:
-    """Read one table file into a DataFrame of strings/numbers, with clear errors."""
+    """Read one table file (or a frame named by :func:`register_frame`) into a DataFrame of
+    strings/numbers, with clear errors."""
     cfg = cfg or DataConfig()
+    if str(path).startswith(FRAME_PREFIX):
+        if str(path) not in _FRAMES:
+            raise DataError(f"{path}: a pandas DataFrame given to sharewise.fit in another process; pass the frame "
+                            "again (sharewise.fit(frame, ...))")
+        return _checked_frame(_FRAMES[str(path)].copy(), str(path), cfg)
     p = Path(path)
     if not p.exists():
         where = "" if p.is_absolute() else f" (relative to the current directory {Path.cwd()})"
@@ -85,10 +113,17 @@ def read_table(path: str | Path, cfg: DataConfig | None = None, *, fmt: str | No
     frame.columns = [str(c).strip() for c in frame.columns]
     if cfg.columns is not None and fmt == "parquet":
         frame.columns = cfg.columns
+    return _checked_frame(frame, p, cfg)
+
+
+def _checked_frame(frame: pd.DataFrame, p: Path | str, cfg: DataConfig) -> pd.DataFrame:
+    """The checks and clean-ups every table gets, from a file or from memory."""
+    frame.columns = [str(c).strip() for c in frame.columns]
     if frame.shape[1] == 0:
         raise DataError(f"{p}: no columns found")
     if len(frame) == 0:
-        raise DataError(f"{p}: the file has a header but no data rows")
+        what = "the DataFrame has no rows" if str(p).startswith(FRAME_PREFIX) else "the file has a header but no data rows"
+        raise DataError(f"{p}: {what}")
     dupes = frame.columns[frame.columns.duplicated()].tolist()
     if dupes:
         raise DataError(f"{p}: duplicate column name(s) {dupes}")

@@ -258,12 +258,7 @@ def read_volume(path: str, *, canonical: bool = True) -> np.ndarray:
             return a.reshape(channels, *spatial)
         import nibabel as nib
 
-        img = nib.load(path)
-        if canonical:
-            img = nib.as_closest_canonical(img)
-        a = img.get_fdata(dtype=np.float32)
-        channels, spatial = _channels_first_shape(a.shape, path, channels_axis=-1)
-        return np.ascontiguousarray(np.moveaxis(a.reshape(*spatial, channels), -1, 0))
+        return _nifti_array(nib.load(path), path, canonical=canonical)
     except DataError:
         raise
     except FileNotFoundError:
@@ -271,6 +266,37 @@ def read_volume(path: str, *, canonical: bool = True) -> np.ndarray:
     except Exception as err:
         raise DataError(f"{path}: cannot read the volume ({type(err).__name__}: {_first_line(err)}); "
                         "data.skip_bad_volumes: true with data.verify_volumes: decode skips such files") from None
+
+
+def _nifti_array(img: Any, name: str, *, canonical: bool) -> np.ndarray:
+    """A nibabel image as float32 (C, D, H, W), reoriented to the closest RAS+ when ``canonical``."""
+    import nibabel as nib
+
+    if canonical:
+        img = nib.as_closest_canonical(img)
+    a = img.get_fdata(dtype=np.float32)
+    channels, spatial = _channels_first_shape(a.shape, name, channels_axis=-1)
+    return np.ascontiguousarray(np.moveaxis(a.reshape(*spatial, channels), -1, 0))
+
+
+def as_volume(item: Any, *, canonical: bool = True, name: str = "volume") -> np.ndarray:
+    """One volume to predict on as float32 (C, D, H, W), read as training read its files: a path
+    (:func:`read_volume`), a nibabel image (reoriented like a file), or a NumPy array (D, H, W) or
+    channels-first (C, D, H, W), taken to be in the orientation the model was trained on."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_volume(str(item), canonical=canonical)
+    if hasattr(item, "affine") and hasattr(item, "get_fdata"):
+        try:
+            return _nifti_array(item, name, canonical=canonical)
+        except DataError:
+            raise
+        except Exception as err:  # nibabel raises many types for damaged images
+            raise DataError(f"{name}: cannot read the volume ({type(err).__name__}: {_first_line(err)})") from None
+    a = np.asarray(item)
+    _check_dtype(a.dtype, name)
+    if a.ndim not in (3, 4):
+        raise DataError(f"{name}: a volume array needs 3 dimensions (D, H, W) or 4 (C, D, H, W), got shape {list(a.shape)}")
+    return np.ascontiguousarray(a.reshape(1, *a.shape) if a.ndim == 3 else a, dtype=np.float32)
 
 
 def _first_line(err: Exception) -> str:
@@ -318,6 +344,14 @@ class Preprocess:
                 "canonical": self.canonical, "normalize": self.normalize, "mask": self.mask,
                 "mask_threshold": self.mask_threshold,
                 "clip_percentiles": list(self.clip_percentiles) if self.clip_percentiles else None, "dtype": self.dtype}
+
+    @classmethod
+    def from_key(cls, key: dict[str, Any]) -> Preprocess:
+        """The pipeline a run recorded (``data_state.json`` → ``preprocessing``)."""
+        clip = key.get("clip_percentiles")
+        return cls(tuple(key["shape"]), int(key["channels"]), key.get("fit", "resize"), key.get("resample", "auto"),
+                   bool(key.get("canonical", True)), key.get("normalize", "zscore"), key.get("mask", "none"),
+                   float(key.get("mask_threshold", 0.0)), tuple(clip) if clip else None, key.get("dtype", "float32"))
 
     def brain_mask(self, channel: np.ndarray) -> np.ndarray | None:
         if self.mask == "none":
