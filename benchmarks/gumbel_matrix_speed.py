@@ -5,7 +5,8 @@ inference with the learned allocation against computing every component, as rati
   round-robin loop does): the routed layers' components of one kind as one grouped operation (the
   default, `RoutedLayer.forward`) against one call per component (`RoutedLayer.looped`), both
   dense (every component computed, as the straight-through gradient needs).
-- Inference (all tasks, no grad) with an allocation: only the components some task selects, each
+- Inference (all tasks, no grad) with an allocation, at the training batch and at the evaluation
+  batch (`--eval-batch`, default 512 = `train.eval_batch_size`): only the components some task selects, each
   once per distinct input (the default), against the reference's way, every component of every
   layer for every task, multiplied by its 0/1 weight; next to the FLOP ratio of the two
   (`FlopCounterMode`, one example). Allocations: random (each connection on with p = 0.5, seeded),
@@ -140,8 +141,10 @@ def train_case(name: str, reps: int) -> dict:
             "peak_bytes": peaks}
 
 
-def inference_case(name: str, allocation: str, reps: int) -> dict:
-    _, shape, _, batch, _ = NETWORKS[name]
+def inference_case(name: str, allocation: str, reps: int, batch: int | None = None) -> dict:
+    """``batch``: examples per forward (default the network's training batch)."""
+    _, shape, _, train_batch, _ = NETWORKS[name]
+    batch = batch or train_batch
     model = build(name)
     patterns = set_allocation(model, allocation)
     model.eval()
@@ -174,7 +177,7 @@ def figures(result: dict) -> dict[str, float]:
     for r in result["train"]:
         out[f"train.{r['network']}.speedup"] = r["speedup"]
     for r in result["inference"]:
-        key = f"inference.{r['network']}.{r['allocation']}"
+        key = f"inference.b{r['batch']}.{r['network']}.{r['allocation']}"
         out.update({f"{key}.speedup": r["speedup"], f"{key}.flop_ratio": r["flop_ratio"]})
     return out
 
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--eval-batch", type=int, default=512,
+                    help="inference is also timed at this batch (the engine's default train.eval_batch_size)")
     ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     ap.add_argument("--out", default="benchmarks/results/gumbel_matrix_speed.json")
     ap.add_argument("--no-record", action="store_true", help="do not store a run record (benchmarks/results/runs/speed/)")
@@ -196,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         ms = {k: 1e3 * r["timing"][k]["median_s"] for k in ("grouped", "looped")}
         print(f"{'':<16} {name:<10} {ms['grouped']:>10.2f} {ms['looped']:>10.2f} {r['speedup']:>9.2f} "
               f"{r['peak_bytes']['grouped'] / 2**20:>5.1f}/{r['peak_bytes']['looped'] / 2**20:.1f}")
-    print(f"{'inference':<16} {'network':<10} {'allocation':<11} {'FLOP ratio':>10} {'speed-up':>9} {'÷ ratio':>8}")
+    print(f"{'inference':<16} {'network':<10} {'batch':>5} {'allocation':<11} {'FLOP ratio':>10} {'speed-up':>9} {'÷ ratio':>8}")
     for name in args.networks:
-        for allocation in ("random", "all_shared", "disjoint"):
-            r = inference_case(name, allocation, args.reps)
-            result["inference"].append(r)
-            print(f"{'':<16} {name:<10} {allocation:<11} {r['flop_ratio']:>10.2f} {r['speedup']:>9.2f} "
-                  f"{r['speedup_over_flop_ratio']:>8.2f}")
+        for batch in (NETWORKS[name][3], args.eval_batch):
+            for allocation in ("random", "all_shared", "disjoint"):
+                r = inference_case(name, allocation, args.reps, batch)
+                result["inference"].append(r)
+                print(f"{'':<16} {name:<10} {batch:>5} {allocation:<11} {r['flop_ratio']:>10.2f} {r['speedup']:>9.2f} "
+                      f"{r['speedup_over_flop_ratio']:>8.2f}", flush=True)
     write_json(result, args.out)
     if not args.no_record:
         record_benchmark("speed", "gumbel_matrix", result, figures(result), threads=args.threads,

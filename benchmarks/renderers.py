@@ -543,13 +543,13 @@ def speed_gumbel_matrix(runs_root: Path) -> str:
         rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {ms['grouped']:.2f} | {ms['looped']:.2f} "
                     f"| **{r['speedup']:.2f}** | {_spread(_over_runs(runs, 'train.' + r['network'] + '.speedup'))} "
                     f"| {r['peak_bytes']['grouped'] / 2**20:.1f} / {r['peak_bytes']['looped'] / 2**20:.1f} |")
-    rows += ["", "| network | allocation | inference: FLOP ratio | selected-only speed-up | (÷ ratio) | ÷ ratio, every stored run "
-             "| peak MB selected / dense |", "|---" * 7 + "|"]
+    rows += ["", "| network | batch | allocation | inference: FLOP ratio | selected-only speed-up | (÷ ratio) "
+             "| ÷ ratio, every stored run | peak MB selected / dense |", "|---" * 8 + "|"]
     for r in last["inference"]:
-        key = f"inference.{r['network']}.{r['allocation']}"
+        key = f"inference.b{r['batch']}.{r['network']}.{r['allocation']}"
         ratios = [s / f for s, f in zip(_over_runs(runs, key + ".speedup"), _over_runs(runs, key + ".flop_ratio"))]
-        rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {SPEED_POLICIES.get(r['allocation'], r['allocation'])} "
-                    f"| {r['flop_ratio']:.2f} | {r['speedup']:.2f} | {r['speedup_over_flop_ratio']:.2f} | {_spread(ratios)} "
+        rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {r['batch']} "
+                    f"| {SPEED_POLICIES.get(r['allocation'], r['allocation'])} | {r['flop_ratio']:.2f} | {r['speedup']:.2f} | {r['speedup_over_flop_ratio']:.2f} | {_spread(ratios)} "
                     f"| {r['peak_bytes']['selected'] / 2**20:.2f} / {r['peak_bytes']['dense'] / 2**20:.2f} |")
     return "\n".join(rows)
 

@@ -268,6 +268,35 @@ def test_inference_computes_only_selected_components_once_per_input():
     assert count_flops(net, x) - sparse == heads - heads // 4  # the shared path once, four heads
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+def test_inference_with_mixed_patterns_equals_each_tasks_dense_path(aggregation):
+    """Selected-only inference (patterns shared by some tasks, distinct for others, one task with
+    nothing selected in a layer) equals every task's own path through all components weighted by
+    its 0/1 pattern, for all tasks at once and one at a time."""
+    net = _mnist_net(lambda T, C: gumbel_router(T, C, 0.5), aggregation=aggregation).eval()
+    patterns = [torch.tensor([[1, 0, 1, 1], [1, 0, 1, 1], [0, 1, 0, 0], [1, 1, 1, 0]]),
+                torch.tensor([[0, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]]),
+                torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 1, 0, 1], [1, 1, 0, 0]])]
+    with torch.no_grad():
+        for router, z in zip(net.routers, patterns):
+            router.logits[..., 0] = torch.where(z.bool(), 1.0, -1.0)
+            router.logits[..., 1] = 0.0
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        together = net(x)
+        for i in range(4):
+            h, r = x, 0
+            for layer in net.layers:
+                if isinstance(layer, RoutedLayer):
+                    h = combine(layer.looped(h), patterns[r][i].float(), aggregation)
+                    r += 1
+                else:
+                    h = layer(h)
+            expected = net.heads[f"t{i}"](h)
+            torch.testing.assert_close(together[f"t{i}"], expected)
+            torch.testing.assert_close(net(x, tasks=[f"t{i}"])[f"t{i}"], expected)
+
+
 def test_budget_with_a_fixed_router_is_a_one_line_error():
     from sharewise.config import validate_options
     from sharewise.errors import ConfigError

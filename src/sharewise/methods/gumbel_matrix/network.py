@@ -242,7 +242,10 @@ class RoutedNetwork(MultiTaskModel):
             # parameters of components no task here selects get none (their weight is exactly 0)
             outputs = layer(h, detached=[j for j in range(len(layer)) if j not in used])
             return [([t], combine(outputs, z[t], self.aggregation)) for t in group]
-        # a fixed pattern, or inference: only the selected components; tasks with one pattern share it
+        if not self.training:
+            return self._routed_eval(layer, r, group, h, z)
+        # a fixed pattern in training: only the selected components, each task its own activation
+        # (its own dropout and gradient path)
         by_pattern: dict[tuple[int, ...], list[int]] = {}
         for t in group:
             by_pattern.setdefault(tuple(torch.nonzero(z[t]).flatten().tolist()), []).append(t)
@@ -255,10 +258,37 @@ class RoutedNetwork(MultiTaskModel):
                 continue
             picked = outputs if len(pattern) == len(used) else outputs[:, [position[j] for j in pattern]]
             ones = h.new_ones(len(pattern))
-            if self.training:  # each task its own activation (its own dropout and gradient path)
-                result.extend(([t], combine(picked, ones, self.aggregation)) for t in tasks)
-            else:
-                result.append((tasks, combine(picked, ones, self.aggregation)))
+            result.extend(([t], combine(picked, ones, self.aggregation)) for t in tasks)
+        return result
+
+    def _routed_eval(self, layer: RoutedLayer, r: int, group: list[int], h: torch.Tensor,
+                     z: dict[int, torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+        """Inference for the tasks ``group`` sharing the input ``h``: the components some task
+        selects, each computed once (those of one kind as one grouped operation); a pattern of one
+        component is that component's output (a view), the patterns of several are mixed in one
+        product ``(patterns, B, …)`` without gathering their components first; tasks with one
+        pattern share its activation; a task that selects nothing gets zeros (§2.4)."""
+        by_pattern: dict[tuple[int, ...], list[int]] = {}
+        for t in group:
+            by_pattern.setdefault(tuple(torch.nonzero(z[t]).flatten().tolist()), []).append(t)
+        result = [(tasks, h.new_zeros((h.shape[0], *self.out_shapes[r])))
+                  for pattern, tasks in by_pattern.items() if not pattern]
+        used = sorted({j for pattern in by_pattern for j in pattern})
+        if not used:
+            return result
+        outputs = layer(h, used)  # (B, len(used), …)
+        position = {j: i for i, j in enumerate(used)}
+        several = [pattern for pattern in by_pattern if len(pattern) > 1]
+        if several:
+            weights = h.new_zeros(len(several), len(used))  # (patterns, used components)
+            for i, pattern in enumerate(several):
+                weights[i, [position[j] for j in pattern]] = 1.0 / len(pattern) if self.aggregation == "mean" else 1.0
+            mixed = dict(zip(several, torch.einsum("pc,bc...->pb...", weights, outputs)))
+        for pattern, tasks in by_pattern.items():
+            if len(pattern) == 1:
+                result.append((tasks, outputs[:, position[pattern[0]]]))
+            elif pattern:
+                result.append((tasks, mixed[pattern]))
         return result
 
     # -- the method contract -----------------------------------------------------------------
