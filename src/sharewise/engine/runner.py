@@ -480,8 +480,10 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
                    seed: int | None = None) -> list[dict]:
         sub = str(directory) not in (".", "")
         if sub:  # a candidate's own directory: refused when it exists, like the run directory itself
-            claim_run_dir(run_dir / directory, ["checkpoints", "metrics.jsonl"], overwrite=overwrite, resume=resume)
-        log = MetricsLogger(run_dir / directory, tensorboard=False) if sub else logger
+            claim_run_dir(run_dir / directory, ["checkpoints", "metrics.jsonl", "tensorboard"], overwrite=overwrite,
+                          resume=resume)
+        # a candidate's curves in its own tensorboard/ (TensorBoard on the run directory lists each as a run)
+        log = MetricsLogger(run_dir / directory, tensorboard=cfg.output.tensorboard) if sub else logger
         try:
             trainer = make_trainer(ctx, model, directory, log, seed=seed)
             summaries = [trainer.run_phase(phase, resume=resume) for phase in phases]
