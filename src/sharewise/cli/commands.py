@@ -176,14 +176,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """One run: its ``report.md`` (in the run, or under ``--out``). Several: one comparison under
+    ``--out``, the runs themselves only read."""
+    from ..api import load_reference
+    from ..errors import UsageError
     from ..report import write_comparison, write_report
 
     runs = [Path(r) for r in args.runs]
-    for r in runs:
-        print(f"sharewise: report -> {write_report(r)}")
-    if len(runs) > 1:
-        out = Path(args.out) if args.out else runs[0].parent / "comparison"
-        print(f"sharewise: comparison -> {write_comparison(runs, out)}")
+    if len(runs) == 1:
+        if args.reference:
+            raise UsageError("--reference: only when comparing several runs (a single run's Δ_MTL is set by "
+                             "`sharewise run --reference`)")
+        print(f"sharewise: report -> {write_report(runs[0], Path(args.out) if args.out else None)}")
+        return 0
+    reference, source = load_reference(args.reference)
+    out = Path(args.out) if args.out else runs[0].parent / "comparison"
+    print(f"sharewise: comparison -> {write_comparison(runs, out, reference=reference, reference_source=source)}")
     return 0
 
 

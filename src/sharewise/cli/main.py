@@ -21,7 +21,7 @@ COMMANDS = {
     "run": "train, test and write the report",
     "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
     "predict": "apply a finished run's selected model to new rows of a table",
-    "report": "regenerate a run's report.md; with several runs, write one comparison",
+    "report": "regenerate a run's report.md; with several runs, write one comparison under --out",
     "export": "write a finished run's selected model as one compact file (+ a torch.export program)",
     "methods": "list the available methods",
     "datasets": "list the built-in datasets and the supported file formats",
@@ -171,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--debug", action="store_true")
     rep = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
     rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    rep.add_argument("--out", "-o", help="directory for the comparison (several runs; default: comparison/ next to the first run)")
+    rep.add_argument("--out", "-o", help="where to write: several runs, the comparison (default: comparison/ next to the "
+                                          "first run); one run, its report.md and plots/ (default: the run itself)")
+    rep.add_argument("--reference", metavar="RUN_DIR|JSON",
+                     help="several runs: the Δ_t/Δ_MTL reference (default: the `independent` run among them)")
     rep.add_argument("--debug", action="store_true")
     for name in ("methods", "datasets"):
         p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
