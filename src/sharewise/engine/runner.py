@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..backbones import backbone_factory
+from ..backbones import backbone_factory, default_backbone
 from ..config import Config, save_config, validate_options
 from ..cost import flop_counts, parameter_counts
 from ..data import LoadedData, build_data
@@ -63,6 +64,7 @@ class RunContext:
     backbone_factory: Any = None
     task_list: list[Task] | None = None  # when there is no data (a finished run loaded for predict)
     input_spec: InputSpec | None = None
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # config keys chosen from the data
 
     @property
     def data(self):
@@ -117,6 +119,34 @@ class RunContext:
         return self.load_checkpoint(str(Path(directory) / "checkpoints" / phase / f"{which}.pt"), missing_ok=missing_ok)
 
 
+def resolve_backbone(cfg: Config, input_spec: InputSpec) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` with ``backbone.name`` chosen from the data when it is not set
+    (:func:`~sharewise.backbones.default_backbone`), and the keys so chosen (none when the user
+    named the backbone); ``cfg`` itself is left as it is."""
+    if cfg.backbone.name is not None:
+        return cfg, {}
+    name, extra = default_backbone(input_spec, cfg.backbone.options)
+    cfg = cfg.model_copy(deep=True)
+    cfg.backbone = type(cfg.backbone).model_validate({**cfg.backbone.options, **extra, "name": name})
+    return cfg, {"backbone.name": name, **{f"backbone.{k}": v for k, v in extra.items()}}
+
+
+def _default_backbone_hint(err: ConfigError, defaults: dict[str, Any], input_spec: InputSpec) -> ConfigError:
+    """A ``backbone.*`` error of a backbone the data chose, saying so (e.g. ``backbone.width`` set
+    for the MLP while image inputs default to the conv net)."""
+    name = defaults["backbone.name"]
+    return ConfigError(f"{err} (backbone {name!r} is the default for {input_spec.kind} inputs; name the "
+                       f"backbone with --backbone or backbone.name)")
+
+
+def describe_defaults(defaults: dict[str, Any], input_spec: InputSpec) -> str:
+    """The line that says which backbone the data chose, e.g. ``backbone convnet: the default for
+    image inputs of shape [1, 28, 28]; name another with --backbone``."""
+    extra = ", ".join(f"{k} = {v}" for k, v in defaults.items() if k != "backbone.name")
+    return (f"backbone {defaults['backbone.name']}{f' ({extra})' if extra else ''}: the default for "
+            f"{input_spec.kind} inputs of shape {list(input_spec.shape)}; name another with --backbone")
+
+
 def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
     """The configured backbone family as a factory, validated once. With ``train.sync_bn`` on
     NCCL its BatchNorms are converted to ``SyncBatchNorm`` here, before any method sees the
@@ -154,15 +184,22 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     if D.is_distributed():  # every split decided once, on rank 0
         splits = D.broadcast_object(loaded.data.splits)
         loaded.data.splits = splits
+    cfg, defaults = resolve_backbone(cfg, loaded.data.input_spec)
     method_cls = get_method(cfg.method.name)
     options = validate_options(method_cls.Options, cfg.method.options, "method")
     method = method_cls(options, cfg)
-    factory = model_backbone_factory(cfg, loaded.data.input_spec)
+    try:
+        factory = model_backbone_factory(cfg, loaded.data.input_spec)
+    except ConfigError as err:
+        if not defaults or not str(err).startswith(("unknown config key 'backbone.", "config key 'backbone.")):
+            raise
+        raise _default_backbone_hint(err, defaults, loaded.data.input_spec) from None
     build_ctx = BuildContext(loaded.data.input_spec, loaded.data.tasks, factory, RandomStreams(cfg.train.seed))
     torch.manual_seed(build_ctx.streams.seed_of("init"))
     model = method.build(build_ctx).to(device)
     seed_global(cfg.train.seed)
-    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
+    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory,
+                      defaults=defaults)
 
 
 def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> RunContext:
@@ -184,6 +221,7 @@ def context_without_data(cfg: Config, tasks: list[Task], spec: InputSpec, run_di
                          device: str | torch.device = "cpu") -> RunContext:
     """The method and its freshly built model for a run known only by its config, tasks and input
     spec (a finished run's files, or an exported model's description)."""
+    cfg, _ = resolve_backbone(cfg, spec)
     method_cls = get_method(cfg.method.name)
     method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
@@ -464,6 +502,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
                       resume=resume)
     if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
+    if first and D.is_main() and ctx.defaults:
+        print(f"sharewise: {describe_defaults(ctx.defaults, ctx.data.input_spec)}", file=sys.stderr)
     if first and D.is_main():
         if write_config:
             save_config(cfg, run_dir / "config.yaml")
