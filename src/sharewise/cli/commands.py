@@ -29,7 +29,21 @@ def launch_if_needed(args: argparse.Namespace) -> int | None:
         from ..engine.device import resolve_device
 
         resolve_device(gpus)  # a missing GPU id fails here, once, before any process starts
+    _check_before_launch(args, cfg)
     return D.launch(args.argv, n, gpus)
+
+
+def _check_before_launch(args: argparse.Namespace, cfg) -> None:
+    """Every input error of the command, found here once (one line, as fast as in one process)
+    rather than by each started process after it has started."""
+    from ..api import load_reference
+    from ..engine.runner import check_before_launch
+
+    allowed = _allowed_changes(args) if args.command != "test" else []
+    reference, source = load_reference(getattr(args, "reference", None))
+    check_before_launch(cfg, command=args.command, overwrite=args.overwrite, resume=getattr(args, "resume", False),
+                        allow_changed=allowed, seeds=args.seeds if args.command == "run" else None,
+                        reference=reference, reference_source=source)
 
 
 def _ctx(args: argparse.Namespace, cfg=None):

@@ -164,11 +164,14 @@ def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
 
 
 def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None,
-            reference_source: str | None = None, keep_host_memory_default: bool = False) -> RunContext:
+            reference_source: str | None = None, keep_host_memory_default: bool = False,
+            build_device: str | None = None) -> RunContext:
     """Validate everything and build data, method and model; touches no file.
 
     ``keep_host_memory_default`` stands for ``train.keep_host_memory: null``: the CLI, which owns
-    its process, passes True; the Python API keeps False and leaves its host's allocator alone."""
+    its process, passes True; the Python API keeps False and leaves its host's allocator alone.
+    ``build_device`` overrides where the model is built (:func:`check_before_launch` builds on the
+    CPU, leaving the GPUs to the processes it starts)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     keep = cfg.train.keep_host_memory
@@ -179,7 +182,7 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     if cfg.train.precision == "fp16" and not cfg.train.gpus:
         raise ConfigError("train.precision: fp16 needs a GPU (--gpus); use bf16 or fp32 on the CPU")
     D.init_from_env(use_cuda=bool(cfg.train.gpus))
-    device = resolve_device(cfg.train.gpus, D.local_rank())
+    device = resolve_device(cfg.train.gpus, D.local_rank()) if build_device is None else torch.device(build_device)
     loaded = build_data(cfg)
     if D.is_distributed():  # every split decided once, on rank 0
         splits = D.broadcast_object(loaded.data.splits)
@@ -251,6 +254,26 @@ def _raise_write_failure(err: OSError, path: Path) -> NoReturn:
     raise mapped from err
 
 
+def _in_use(run_dir: Path) -> RunDirError:
+    return RunDirError(f"run directory {run_dir} is in use by another sharewise command "
+                       f"({_lock_holder(run_dir / LOCK_NAME)}); wait for it to finish or use another --out")
+
+
+def refuse_locked(run_dir: Path) -> None:
+    """A :class:`RunDirError` when another command holds ``run_dir``'s lock; creates nothing
+    and takes nothing (the command takes the lock itself when it starts)."""
+    try:
+        fh = open(run_dir / LOCK_NAME)  # noqa: SIM115 (closed below)
+    except OSError:  # no lock file: nobody holds it
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(run_dir) from None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
     """Create ``run_dir`` and take the non-blocking ``flock`` on ``run_dir/.lock`` (our pid
     written into it); None where the directory cannot be written (the command's first write then
@@ -274,8 +297,7 @@ def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise RunDirError(f"run directory {run_dir} is in use by another sharewise command ({_lock_holder(path)}); "
-                              "wait for it to finish or use another --out") from None
+            raise _in_use(run_dir) from None
         try:
             same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -335,18 +357,25 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             _release_lock(fh, Path(run_dir), created)
 
 
-def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
-    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
-
-    With either, the temporary files a killed checkpoint write left in ``checkpoints/`` are removed.
-    A run directory that cannot be written (read-only, no permission, no space) is refused before
-    anything in it is removed."""
+def refuse_existing_outputs(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> list[str]:
+    """The ``outputs`` that exist in ``run_dir``; a :class:`RunDirError` when there are some and
+    neither ``overwrite`` nor ``resume`` is given."""
     existing = [o for o in outputs if (run_dir / o).exists()]
     if existing and not (overwrite or resume):
         raise RunDirError(
             f"run directory {run_dir} already holds {', '.join(existing)}; use --resume to continue it, "
             "--overwrite to replace it, or --out/--exp-name for a new one"
         )
+    return existing
+
+
+def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
+    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
+
+    With either, the temporary files a killed checkpoint write left in ``checkpoints/`` are removed.
+    A run directory that cannot be written (read-only, no permission, no space) is refused before
+    anything in it is removed."""
+    existing = refuse_existing_outputs(run_dir, outputs, overwrite=overwrite, resume=resume)
     D.barrier()  # every rank has looked before rank 0 removes anything
     if D.is_main():
         try:
@@ -483,16 +512,23 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
         return _train(ctx, overwrite=overwrite, resume=resume, stage=stage, allow_changed=allow_changed)
 
 
+def _check_stage(ctx: RunContext, stage: str | None) -> bool:
+    """Whether ``stage`` is the method's first (``None``: all of them); refuses a stage the method
+    lacks, and a later stage before anything was trained."""
+    stages = ctx.method.stages
+    if stage is not None and stage not in stages:
+        raise ConfigError(f"method {ctx.cfg.method.name!r} has no {stage!r} stage (its stages: {', '.join(stages)})")
+    first = stage is None or stage == stages[0]
+    if not first and not (ctx.run_dir / "checkpoints").exists():
+        raise RunDirError(f"{ctx.run_dir}: nothing trained yet; run `sharewise train` first")
+    return first
+
+
 def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
            allow_changed: Sequence[str]) -> dict[str, Any]:
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    stages = ctx.method.stages
-    if stage is not None and stage not in stages:
-        raise ConfigError(f"method {cfg.method.name!r} has no {stage!r} stage (its stages: {', '.join(stages)})")
-    first = stage is None or stage == stages[0]
+    first = _check_stage(ctx, stage)
     if not first:
-        if not (run_dir / "checkpoints").exists():
-            raise RunDirError(f"{run_dir}: nothing trained yet; run `sharewise train` first")
         run_dir.mkdir(parents=True, exist_ok=True)
     write_config = True
     if first and resume and not overwrite:  # before anything in the run directory is touched
@@ -574,6 +610,41 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
     return selection
 
 
+def check_before_launch(cfg: Config, *, command: str, overwrite: bool = False, resume: bool = False,
+                        allow_changed: Sequence[str] = (), seeds: Sequence[int] | None = None,
+                        reference: dict[str, dict[str, float]] | None = None,
+                        reference_source: str | None = None) -> None:
+    """Refuse, in the process that would start several (``--procs``, ``--gpus``), what every one of
+    them would refuse because of its input: the config, data, method, backbone and reference as
+    :func:`prepare` checks them (the model built on the CPU), then the run directory as ``command``
+    (``train``, ``retrain``, ``test`` or ``run``) would: in use by another command, a missing
+    earlier stage, ``--resume`` with another config or split, outputs that exist. The same one
+    line, as soon as one process gives it, and before any process starts; the data are read once
+    more when all is well. Writes nothing; warnings are left to the started processes (rank 0)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx = prepare(cfg, reference=reference, reference_source=reference_source, build_device="cpu")
+        if seeds:
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
+            for seed in seeds:
+                run_dir = cfg.run_dir() / f"seed_{seed}"
+                refuse_locked(run_dir)
+                refuse_existing_outputs(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+                                        overwrite=overwrite, resume=resume)
+            return
+        refuse_locked(ctx.run_dir)
+        if command == "test":
+            _test_entries(ctx, overwrite=overwrite)
+            return
+        stage = {"train": ctx.method.stages[0], "retrain": "retrain"}.get(command)
+        if _check_stage(ctx, stage):
+            if resume and not overwrite:
+                check_resume(ctx, allow_changed)
+            refuse_existing_outputs(ctx.run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+                                    overwrite=overwrite, resume=resume)
+
+
 def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False,
             allow_changed: Sequence[str] = ()) -> dict[str, Any]:
     """The ``retrain`` stage of a multi-stage method (``sharewise retrain --exp-ids ...``)."""
@@ -608,10 +679,10 @@ def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
         return _test(ctx, overwrite=overwrite)
 
 
-def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
-    # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
-    # a checkpoint that does not load leaves the earlier results in place
-    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
+def _test_entries(ctx: RunContext, *, overwrite: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The selection and the candidates ``test`` evaluates; refuses an existing ``results.json``
+    without ``overwrite``, a run without ``selection.json`` or candidates, unknown ``--exp-ids``."""
+    refuse_existing_outputs(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
     selection = read_selection(ctx.run_dir)
     entries = selection["candidates"]
     if not entries:
@@ -627,6 +698,14 @@ def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
         best = max(entries, key=lambda e: e["score"])
         selection = {**selection, "selected": best["name"], "checkpoint": best["checkpoint"], "score": best["score"],
                      "val": best["val"], "candidates": entries}
+    return selection, entries
+
+
+def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
+    # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
+    # a checkpoint that does not load leaves the earlier results in place
+    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
+    selection, entries = _test_entries(ctx, overwrite=overwrite)
     per_candidate = []
     chosen = None
     for entry in entries:
