@@ -100,21 +100,21 @@ def test_the_data_chooses_the_backbone_and_the_run_records_it(tmp_path, capsys):
             "--set", "data.as_image=true"]
     out = tmp_path / "images"
     assert main(["run", "--out", str(out), *fast]) == 0  # the built-in digits as 1×8×8 images
-    err = capsys.readouterr().err
+    said = capsys.readouterr().out
     assert "sharewise: backbone convnet (backbone.pool = [True, True, True, False]): the default for image " \
-           "inputs of shape [1, 8, 8]; name another with --backbone" in err
+           "inputs of shape [1, 8, 8]; name another with --backbone" in said
     saved = yaml.safe_load((out / "config.yaml").read_text())["backbone"]
     assert saved == {"name": "convnet", "pool": [True, True, True, False]}
     assert json.loads((out / "results.json").read_text())["run"]["backbone"] == "convnet"
     # named: no line, the name kept
     named = tmp_path / "named"
     assert main(["run", "--out", str(named), *fast, "--backbone", "mlp", "--set", "backbone.width=8"]) == 0
-    assert "the default for" not in capsys.readouterr().err
+    assert "the default for" not in capsys.readouterr().out
     assert yaml.safe_load((named / "config.yaml").read_text())["backbone"] == {"name": "mlp", "width": 8}
     # tables keep the MLP
     table = tmp_path / "table"
     assert main(["run", "--out", str(table), *fast[:-2], "--set", "backbone.width=8"]) == 0
-    assert "backbone mlp: the default for vector inputs of shape [64]" in capsys.readouterr().err
+    assert "backbone mlp: the default for vector inputs of shape [64]" in capsys.readouterr().out
     # an MLP key for image inputs without a name: one line that says which backbone the data chose
     bad = tmp_path / "bad"
     assert main(["run", "--out", str(bad), *fast, "--set", "backbone.width=8"]) == 2

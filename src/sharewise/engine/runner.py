@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -495,7 +494,8 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
                    reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision,
-                   workers=cfg.train.workers, selection_metric=cfg.train.selection_metric)
+                   workers=cfg.train.workers, selection_metric=cfg.train.selection_metric,
+                   label=None if str(directory) in (".", "") else str(directory))
 
 
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None,
@@ -539,7 +539,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
     if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
     if first and D.is_main() and ctx.defaults:
-        print(f"sharewise: {describe_defaults(ctx.defaults, ctx.data.input_spec)}", file=sys.stderr)
+        print(f"sharewise: {describe_defaults(ctx.defaults, ctx.data.input_spec)}")
     if first and D.is_main():
         if write_config:
             save_config(cfg, run_dir / "config.yaml")
