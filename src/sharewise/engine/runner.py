@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -620,29 +621,45 @@ def check_before_launch(cfg: Config, *, command: str, overwrite: bool = False, r
     (``train``, ``retrain``, ``test`` or ``run``) would: in use by another command, a missing
     earlier stage, ``--resume`` with another config or split, outputs that exist. The same one
     line, as soon as one process gives it, and before any process starts; the data are read once
-    more when all is well. Writes nothing; warnings are left to the started processes (rank 0)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ctx = prepare(cfg, reference=reference, reference_source=reference_source, build_device="cpu")
-        if seeds:
-            if len(set(seeds)) != len(seeds):
-                raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
-            for seed in seeds:
-                run_dir = cfg.run_dir() / f"seed_{seed}"
-                refuse_locked(run_dir)
-                refuse_existing_outputs(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
-                                        overwrite=overwrite, resume=resume)
+    more when all is well. Writes nothing. Warnings are shown only with a refusal (as one process
+    shows them before its error); otherwise the started processes give them (rank 0)."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            _check_before_launch(cfg, command=command, overwrite=overwrite, resume=resume,
+                                 allow_changed=allow_changed, seeds=seeds, reference=reference,
+                                 reference_source=reference_source)
             return
-        refuse_locked(ctx.run_dir)
-        if command == "test":
-            _test_entries(ctx, overwrite=overwrite)
-            return
-        stage = {"train": ctx.method.stages[0], "retrain": "retrain"}.get(command)
-        if _check_stage(ctx, stage):
-            if resume and not overwrite:
-                check_resume(ctx, allow_changed)
-            refuse_existing_outputs(ctx.run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+        except Exception:
+            shown = list(caught)
+            error = sys.exc_info()[1]
+    for w in shown:  # outside the recording: shown as the CLI shows warnings
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    raise error
+
+
+def _check_before_launch(cfg: Config, *, command: str, overwrite: bool, resume: bool, allow_changed: Sequence[str],
+                         seeds: Sequence[int] | None, reference: dict[str, dict[str, float]] | None,
+                         reference_source: str | None) -> None:
+    if seeds and len(set(seeds)) != len(seeds):  # before the data, as run_seeds checks it
+        raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
+    ctx = prepare(cfg, reference=reference, reference_source=reference_source, build_device="cpu")
+    if seeds:
+        for seed in seeds:
+            run_dir = cfg.run_dir() / f"seed_{seed}"
+            refuse_locked(run_dir)
+            refuse_existing_outputs(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
                                     overwrite=overwrite, resume=resume)
+        return
+    refuse_locked(ctx.run_dir)
+    if command == "test":
+        _test_entries(ctx, overwrite=overwrite)
+        return
+    stage = {"train": ctx.method.stages[0], "retrain": "retrain"}.get(command)
+    if _check_stage(ctx, stage):
+        if resume and not overwrite:
+            check_resume(ctx, allow_changed)
+        refuse_existing_outputs(ctx.run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+                                overwrite=overwrite, resume=resume)
 
 
 def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False,
