@@ -116,7 +116,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_alias("--image-col"), dest="image_col",
                    help="column of image paths (sets data.image_col; the inputs are those images)")
     p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
-    p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
+    p.add_argument("--backbone", help="backbone name (mlp, convnet, resnet2d, resnet3d, ...; default from the data: "
+                                      "mlp for tables, convnet for images, resnet3d for volumes)")
     p.add_argument("--budget", type=float, metavar="B",
                    help="gumbel_matrix: allowed expected fraction of active connections (method.budget)")
     p.add_argument(*_alias("--budget-penalty"), dest="budget_penalty", type=float, metavar="L",

@@ -469,7 +469,7 @@ class Trainer:
         self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)
         progress = self._progress
         eligible = state.cycle >= phase.select_from_cycle
-        improved_now = False
+        improved_now = False  # the whole model taken by the selection at this evaluation
         if phase.selection == "per_task":
             improved = []
             current = self.model.state_dict()
@@ -489,7 +489,6 @@ class Trainer:
                             best_model_state[k] = v.detach().clone()
                     improved.append(t.name)
             state.bad_evals = 0 if improved else state.bad_evals + 1
-            improved_now = bool(improved)
             if improved:
                 state.best_cycle = state.cycle
                 self._save(best_path, phase, state, optimizers, schedulers, model_state=best_model_state)
@@ -504,8 +503,7 @@ class Trainer:
         elif phase.selection == "last":
             best_model_state = None
         if progress is not None:
-            # the selected model is this evaluation's only where the whole model is selected at once
-            progress.set_validation(val, selected=improved_now and phase.selection == "score", cycle=state.cycle)
+            progress.set_validation(val, selected=improved_now, cycle=state.cycle)
         return best_model_state
 
     def _finish(self, phase: Phase, best_model_state) -> None:
