@@ -65,3 +65,77 @@ def test_plain_mlp_is_linear_relu_layers_without_residual():
     gates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert torch.allclose(net(x, gates=gates), net.blocks[0](net.stem(x))[:, :6])
     assert sum(p.numel() for p in net.blocks[1].shortcut.parameters()) == 0
+
+
+# ----------------------------------------------------------------- the backbone chosen from the data
+
+@pytest.mark.parametrize("spec,name,extra", [
+    (InputSpec("vector", (14,)), "mlp", {}),
+    (InputSpec("image", (1, 28, 28)), "convnet", {}),  # 28 → 14 → 7 → 3 → 1: every block pools
+    (InputSpec("image", (1, 8, 8)), "convnet", {"pool": [True, True, True, False]}),  # 8 → 4 → 2 → 1
+    (InputSpec("image", (3, 5, 40)), "convnet", {"pool": [True, True, False, False]}),  # the short side: 5 → 2 → 1
+    (InputSpec("volume", (1, 16, 16, 16)), "resnet3d", {}),
+])
+def test_default_backbone_from_the_input_kind_always_builds(spec, name, extra):
+    from sharewise.backbones import default_backbone
+
+    assert default_backbone(spec) == (name, extra)
+    net = _build(name, spec, **({"depth": 10, "width": 2} if name == "resnet3d" else {}), **extra)
+    assert net(torch.randn(2, *spec.shape)).shape == (2, net.out_features)
+    if extra:  # the conv net's own default pooling does not fit such an image
+        from sharewise.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="pool"):
+            _build(name, spec)
+
+
+def test_the_data_chooses_the_backbone_and_the_run_records_it(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from sharewise.cli.main import main
+
+    fast = ["--epochs", "1", "--no-progress", "--set", "train.threads=1", "--set", "output.tensorboard=false",
+            "--set", "data.as_image=true"]
+    out = tmp_path / "images"
+    assert main(["run", "--out", str(out), *fast]) == 0  # the built-in digits as 1×8×8 images
+    said = capsys.readouterr().out
+    assert "sharewise: backbone convnet (backbone.pool = [True, True, True, False]): the default for image " \
+           "inputs of shape [1, 8, 8]; name another with --backbone" in said
+    saved = yaml.safe_load((out / "config.yaml").read_text())["backbone"]
+    assert saved == {"name": "convnet", "pool": [True, True, True, False]}
+    assert json.loads((out / "results.json").read_text())["run"]["backbone"] == "convnet"
+    # named: no line, the name kept
+    named = tmp_path / "named"
+    assert main(["run", "--out", str(named), *fast, "--backbone", "mlp", "--set", "backbone.width=8"]) == 0
+    assert "the default for" not in capsys.readouterr().out
+    assert yaml.safe_load((named / "config.yaml").read_text())["backbone"] == {"name": "mlp", "width": 8}
+    # tables keep the MLP
+    table = tmp_path / "table"
+    assert main(["run", "--out", str(table), *fast[:-2], "--set", "backbone.width=8"]) == 0
+    assert "backbone mlp: the default for vector inputs of shape [64]" in capsys.readouterr().out
+    # an MLP key for image inputs without a name: one line that says which backbone the data chose
+    bad = tmp_path / "bad"
+    assert main(["run", "--out", str(bad), *fast, "--set", "backbone.width=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sharewise: error: unknown config key 'backbone.width'") and len(err.splitlines()) == 1
+    assert "backbone 'convnet' is the default for image inputs" in err and not bad.exists()
+
+
+def test_volumes_default_to_the_3d_resnet(tmp_path):
+    from test_volumes import make_study
+
+    from sharewise.config import validate_config
+    from sharewise.engine.runner import prepare
+
+    path = make_study(tmp_path / "s", n=20)
+    cfg = validate_config({"data": {"source": "volumes", "path": str(path), "id_col": "MRID",
+                                    "volume_pattern": "t1/{id}-*_T1.nii.gz", "volume_shape": [16, 16, 16]},
+                           "tasks": [{"name": "Sex", "kind": "categorical"}, {"name": "Age", "kind": "numerical"}],
+                           "backbone": {"depth": 10, "width": 2},
+                           "output": {"dir": str(tmp_path / "run")}})
+    ctx = prepare(cfg)
+    assert ctx.defaults == {"backbone.name": "resnet3d"} and cfg.backbone.name is None  # the caller's config untouched
+    assert ctx.cfg.backbone.name == "resnet3d" and ctx.cfg.backbone.options == {"depth": 10, "width": 2}
+    assert type(ctx.model.backbone).__name__ == "ResNet3d"

@@ -82,3 +82,65 @@ def test_map_over_positives_kept_beside_taan_map():
     assert np.isnan(M.map_at_k_over_positives(y[3:], s[3:], 2))
     names = {m.name for m in M.METRICS_BY_KIND["multilabel"]}
     assert {"map_at_10", "map_at_10_over_positives", "gap_at_20", "hit_at_1"} <= names
+
+
+# the hand-written formulas sharewise used before sklearn.metrics computed them: the figures recorded
+# in benchmarks/results/runs/ came from these, so the library's values must equal them bit for bit
+def _accuracy(y, proba):
+    return float(np.mean(proba.argmax(1) == y))
+
+
+def _balanced_accuracy(y, proba):
+    pred = proba.argmax(1)
+    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+
+
+def _macro_f1(y, proba):
+    pred = proba.argmax(1)
+    scores = []
+    for c in np.union1d(np.unique(y), np.unique(pred)):
+        tp, fp, fn = np.sum((pred == c) & (y == c)), np.sum((pred == c) & (y != c)), np.sum((pred != c) & (y == c))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def _r2(y, p):
+    return 1.0 - float(np.sum((y - p) ** 2)) / float(np.sum((y - y.mean()) ** 2))
+
+
+def test_sklearn_metrics_equal_the_recorded_formulas_bit_for_bit():
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n, classes = int(rng.integers(2, 300)), int(rng.integers(2, 9))
+        y = rng.integers(0, classes, n)
+        logits = rng.normal(size=(n, classes)) * rng.uniform(0.1, 5)
+        if trial % 3 == 0:
+            logits = np.round(logits, 1)  # tied scores
+        proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        proba = proba.astype(np.float32) if trial % 2 else proba  # the evaluation's softmax is float32
+        assert M.accuracy(y, proba) == _accuracy(y, proba)
+        assert M.balanced_accuracy(y, proba) == _balanced_accuracy(y, proba)
+        assert M.macro_f1(y, proba) == _macro_f1(y, proba)
+        target = rng.normal(size=n) * 10
+        pred = target + rng.normal(size=n) * rng.uniform(0.01, 3)
+        pred = pred.astype(np.float32) if trial % 2 else pred  # the evaluation's outputs are float32
+        assert M.mae(target, pred) == float(np.mean(np.abs(pred - target)))
+        assert M.rmse(target, pred) == float(np.sqrt(np.mean((pred - target) ** 2)))
+        assert M.r2(target, pred) == _r2(target, pred)
+
+
+def test_categorical_edge_cases():
+    # a predicted class absent from the labels: balanced accuracy over the labels' classes only, no warning
+    y = np.array([0, 0, 1, 1])
+    proba = np.eye(3)[[0, 2, 1, 1]]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.balanced_accuracy(y, proba) == pytest.approx((0.5 + 1.0) / 2)
+        # class 2 is predicted but never right: F1 0 for it, counted in the macro mean
+        assert M.macro_f1(y, proba) == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    empty = np.zeros((0, 3))
+    assert all(math.isnan(f(np.zeros(0, int), empty)) for f in (M.accuracy, M.balanced_accuracy, M.macro_f1))
+    assert math.isnan(M.r2(np.array([2.0, 2.0, 2.0]), np.array([1.0, 2.0, 3.0])))  # targets do not vary
+    assert math.isnan(M.mae(np.zeros(0), np.zeros(0)))

@@ -160,7 +160,9 @@ class SplitConfig(_Strict):
 
 
 class BackboneConfig(_Open):
-    name: str = "mlp"
+    # None: chosen from the data when the run is prepared (backbones.default_backbone: mlp for
+    # vectors, convnet for images, resnet3d for volumes) and written into the run's config.yaml
+    name: str | None = None
 
 
 class MethodConfig(_Open):

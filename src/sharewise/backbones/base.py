@@ -135,3 +135,28 @@ def backbone_factory(name: str, options: dict[str, Any], input_spec: Any) -> Cal
         )
     opts = validate_options(info.options, options, "backbone")
     return lambda: info.build(input_spec, opts)
+
+
+DEFAULT_BACKBONES = {"vector": "mlp", "image": "convnet", "volume": "resnet3d"}
+"""The backbone family a run gets from the kind of its inputs when ``backbone.name`` is not set."""
+
+
+def default_backbone(input_spec: Any, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The default backbone for ``input_spec`` and the options it needs beyond the user's
+    ``options``: tables (vectors) the residual MLP, images the conv net, volumes the 3-D ResNet.
+    An image too small for the conv net's default pooling (a 2×2 max-pool in each of its blocks)
+    pools in as many leading blocks as it can (8×8 digits: three of four), so the default always
+    builds."""
+    name = DEFAULT_BACKBONES.get(input_spec.kind, "mlp")
+    extra: dict[str, Any] = {}
+    options = options or {}
+    if name == "convnet" and "pool" not in options:
+        from .convnet import ConvNetOptions
+
+        stride = int(options.get("stem_stride", 1))
+        side = min(int(s) for s in input_spec.shape[1:]) // max(1, stride)
+        blocks = len(options.get("widths") or ConvNetOptions().widths)
+        pools = max(0, side.bit_length() - 1)  # halvings that keep at least one pixel
+        if pools < blocks:
+            extra["pool"] = [True] * pools + [False] * (blocks - pools)
+    return name, extra

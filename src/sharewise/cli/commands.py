@@ -29,7 +29,21 @@ def launch_if_needed(args: argparse.Namespace) -> int | None:
         from ..engine.device import resolve_device
 
         resolve_device(gpus)  # a missing GPU id fails here, once, before any process starts
+    _check_before_launch(args, cfg)
     return D.launch(args.argv, n, gpus)
+
+
+def _check_before_launch(args: argparse.Namespace, cfg) -> None:
+    """Every input error of the command, found here once (one line, as fast as in one process)
+    rather than by each started process after it has started."""
+    from ..api import load_reference
+    from ..engine.runner import check_before_launch
+
+    allowed = _allowed_changes(args) if args.command != "test" else []
+    reference, source = load_reference(getattr(args, "reference", None))
+    check_before_launch(cfg, command=args.command, overwrite=args.overwrite, resume=getattr(args, "resume", False),
+                        allow_changed=allowed, seeds=args.seeds if args.command == "run" else None,
+                        reference=reference, reference_source=source)
 
 
 def _ctx(args: argparse.Namespace, cfg=None):
@@ -174,14 +188,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """One run: its ``report.md`` (in the run, or under ``--out``). Several: one comparison under
+    ``--out``, the runs themselves only read."""
+    from ..api import load_reference
+    from ..errors import UsageError
     from ..report import write_comparison, write_report
 
     runs = [Path(r) for r in args.runs]
-    for r in runs:
-        print(f"sharewise: report -> {write_report(r)}")
-    if len(runs) > 1:
-        out = Path(args.out) if args.out else runs[0].parent / "comparison"
-        print(f"sharewise: comparison -> {write_comparison(runs, out)}")
+    if len(runs) == 1:
+        if args.reference:
+            raise UsageError("--reference: only when comparing several runs (a single run's Δ_MTL is set by "
+                             "`sharewise run --reference`)")
+        print(f"sharewise: report -> {write_report(runs[0], Path(args.out) if args.out else None)}")
+        return 0
+    reference, source = load_reference(args.reference)
+    out = Path(args.out) if args.out else runs[0].parent / "comparison"
+    print(f"sharewise: comparison -> {write_comparison(runs, out, reference=reference, reference_source=source)}")
     return 0
 
 

@@ -21,7 +21,7 @@ COMMANDS = {
     "run": "train, test and write the report",
     "demo": "run the built-in demonstration (methods compared on the built-in digits set)",
     "predict": "apply a finished run's selected model to new data (table rows, images, volumes)",
-    "report": "regenerate a run's report.md; with several runs, write one comparison",
+    "report": "regenerate a run's report.md; with several runs, write one comparison under --out",
     "export": "write a finished run's selected model as one compact file (+ a torch.export program)",
     "methods": "list the available methods",
     "datasets": "list the built-in datasets and the supported file formats",
@@ -116,7 +116,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_alias("--image-col"), dest="image_col",
                    help="column of image paths (sets data.image_col; the inputs are those images)")
     p.add_argument("--method", "-m", help="method name (see `sharewise methods`)")
-    p.add_argument("--backbone", help="backbone name (mlp, resnet2d, ...)")
+    p.add_argument("--backbone", help="backbone name (mlp, convnet, resnet2d, resnet3d, ...; default from the data: "
+                                      "mlp for tables, convnet for images, resnet3d for volumes)")
     p.add_argument("--budget", type=float, metavar="B",
                    help="gumbel_matrix: allowed expected fraction of active connections (method.budget)")
     p.add_argument(*_alias("--budget-penalty"), dest="budget_penalty", type=float, metavar="L",
@@ -180,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--debug", action="store_true")
     rep = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
     rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    rep.add_argument("--out", "-o", help="directory for the comparison (several runs; default: comparison/ next to the first run)")
+    rep.add_argument("--out", "-o", help="where to write: several runs, the comparison (default: comparison/ next to the "
+                                          "first run); one run, its report.md and plots/ (default: the run itself)")
+    rep.add_argument("--reference", metavar="RUN_DIR|JSON",
+                     help="several runs: the Δ_t/Δ_MTL reference (default: the `independent` run among them)")
     rep.add_argument("--debug", action="store_true")
     for name in ("methods", "datasets"):
         p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])

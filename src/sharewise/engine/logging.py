@@ -1,4 +1,12 @@
-"""``metrics.jsonl`` (every logged scalar) and TensorBoard events, written by rank 0 only."""
+"""``metrics.jsonl`` (every logged scalar) and TensorBoard events, written by rank 0 only.
+
+A record of ``metrics.jsonl`` is ``{"time", "phase", "step", "split", "cycle", <name>: value, ...}``
+with names such as ``loss/<task>`` (training), ``<task>/<metric>`` (evaluation), ``lr/...``,
+``aux/...``. In TensorBoard each name is one scalar series per phase and split, tag
+``<phase>/<split>/<name>`` (e.g. ``train/val/species/accuracy``), plotted against the phase's
+step: the cycle is a field of the jsonl record, never part of a tag, so a series holds every
+evaluation of the phase.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,12 @@ from typing import Any
 
 from ..files import atomic_write_text
 from .distributed import is_main
+
+
+def tensorboard_tag(phase: str, split: str | None, name: str) -> str:
+    """The TensorBoard tag of a logged scalar: ``<phase>/<split>/<name>`` (``<phase>/<name>`` without
+    a split), the same tag at every step."""
+    return "/".join([phase, *([split] if split else []), name])
 
 
 class MetricsLogger:
@@ -41,10 +55,10 @@ class MetricsLogger:
         self._fh.flush()
         tb = self._writer()
         if tb is not None:
-            prefix = "/".join([phase, *(str(v) for v in context.values())])
+            split = context.get("split")
             for k, v in clean.items():
                 if v is not None:
-                    tb.add_scalar(f"{prefix}/{k}", v, step)
+                    tb.add_scalar(tensorboard_tag(phase, split, k), v, step)
 
     def drop_after(self, phase: str, step: int, since: float) -> int:
         """Remove the rows a resumed phase will write again: rows of ``phase`` past ``step`` (the

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..backbones import backbone_factory
+from ..backbones import backbone_factory, default_backbone
 from ..config import Config, save_config, validate_options
 from ..cost import flop_counts, parameter_counts
 from ..data import LoadedData, build_data
@@ -63,6 +64,7 @@ class RunContext:
     backbone_factory: Any = None
     task_list: list[Task] | None = None  # when there is no data (a finished run loaded for predict)
     input_spec: InputSpec | None = None
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # config keys chosen from the data
 
     @property
     def data(self):
@@ -117,6 +119,34 @@ class RunContext:
         return self.load_checkpoint(str(Path(directory) / "checkpoints" / phase / f"{which}.pt"), missing_ok=missing_ok)
 
 
+def resolve_backbone(cfg: Config, input_spec: InputSpec) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` with ``backbone.name`` chosen from the data when it is not set
+    (:func:`~sharewise.backbones.default_backbone`), and the keys so chosen (none when the user
+    named the backbone); ``cfg`` itself is left as it is."""
+    if cfg.backbone.name is not None:
+        return cfg, {}
+    name, extra = default_backbone(input_spec, cfg.backbone.options)
+    cfg = cfg.model_copy(deep=True)
+    cfg.backbone = type(cfg.backbone).model_validate({**cfg.backbone.options, **extra, "name": name})
+    return cfg, {"backbone.name": name, **{f"backbone.{k}": v for k, v in extra.items()}}
+
+
+def _default_backbone_hint(err: ConfigError, defaults: dict[str, Any], input_spec: InputSpec) -> ConfigError:
+    """A ``backbone.*`` error of a backbone the data chose, saying so (e.g. ``backbone.width`` set
+    for the MLP while image inputs default to the conv net)."""
+    name = defaults["backbone.name"]
+    return ConfigError(f"{err} (backbone {name!r} is the default for {input_spec.kind} inputs; name the "
+                       f"backbone with --backbone or backbone.name)")
+
+
+def describe_defaults(defaults: dict[str, Any], input_spec: InputSpec) -> str:
+    """The line that says which backbone the data chose, e.g. ``backbone convnet: the default for
+    image inputs of shape [1, 28, 28]; name another with --backbone``."""
+    extra = ", ".join(f"{k} = {v}" for k, v in defaults.items() if k != "backbone.name")
+    return (f"backbone {defaults['backbone.name']}{f' ({extra})' if extra else ''}: the default for "
+            f"{input_spec.kind} inputs of shape {list(input_spec.shape)}; name another with --backbone")
+
+
 def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
     """The configured backbone family as a factory, validated once. With ``train.sync_bn`` on
     NCCL its BatchNorms are converted to ``SyncBatchNorm`` here, before any method sees the
@@ -134,11 +164,14 @@ def model_backbone_factory(cfg: Config, input_spec: InputSpec) -> Any:
 
 
 def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None,
-            reference_source: str | None = None, keep_host_memory_default: bool = False) -> RunContext:
+            reference_source: str | None = None, keep_host_memory_default: bool = False,
+            build_device: str | None = None) -> RunContext:
     """Validate everything and build data, method and model; touches no file.
 
     ``keep_host_memory_default`` stands for ``train.keep_host_memory: null``: the CLI, which owns
-    its process, passes True; the Python API keeps False and leaves its host's allocator alone."""
+    its process, passes True; the Python API keeps False and leaves its host's allocator alone.
+    ``build_device`` overrides where the model is built (:func:`check_before_launch` builds on the
+    CPU, leaving the GPUs to the processes it starts)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     keep = cfg.train.keep_host_memory
@@ -149,20 +182,27 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     if cfg.train.precision == "fp16" and not cfg.train.gpus:
         raise ConfigError("train.precision: fp16 needs a GPU (--gpus); use bf16 or fp32 on the CPU")
     D.init_from_env(use_cuda=bool(cfg.train.gpus))
-    device = resolve_device(cfg.train.gpus, D.local_rank())
+    device = resolve_device(cfg.train.gpus, D.local_rank()) if build_device is None else torch.device(build_device)
     loaded = build_data(cfg)
     if D.is_distributed():  # every split decided once, on rank 0
         splits = D.broadcast_object(loaded.data.splits)
         loaded.data.splits = splits
+    cfg, defaults = resolve_backbone(cfg, loaded.data.input_spec)
     method_cls = get_method(cfg.method.name)
     options = validate_options(method_cls.Options, cfg.method.options, "method")
     method = method_cls(options, cfg)
-    factory = model_backbone_factory(cfg, loaded.data.input_spec)
+    try:
+        factory = model_backbone_factory(cfg, loaded.data.input_spec)
+    except ConfigError as err:
+        if not defaults or not str(err).startswith(("unknown config key 'backbone.", "config key 'backbone.")):
+            raise
+        raise _default_backbone_hint(err, defaults, loaded.data.input_spec) from None
     build_ctx = BuildContext(loaded.data.input_spec, loaded.data.tasks, factory, RandomStreams(cfg.train.seed))
     torch.manual_seed(build_ctx.streams.seed_of("init"))
     model = method.build(build_ctx).to(device)
     seed_global(cfg.train.seed)
-    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory)
+    return RunContext(cfg, cfg.run_dir(), loaded, method, model, device, reference, reference_source, factory,
+                      defaults=defaults)
 
 
 def prepare_from_run(run_dir: Path, *, device: str | torch.device = "cpu") -> RunContext:
@@ -184,6 +224,7 @@ def context_without_data(cfg: Config, tasks: list[Task], spec: InputSpec, run_di
                          device: str | torch.device = "cpu") -> RunContext:
     """The method and its freshly built model for a run known only by its config, tasks and input
     spec (a finished run's files, or an exported model's description)."""
+    cfg, _ = resolve_backbone(cfg, spec)
     method_cls = get_method(cfg.method.name)
     method = method_cls(validate_options(method_cls.Options, cfg.method.options, "method"), cfg)
     factory = backbone_factory(cfg.backbone.name, cfg.backbone.options, spec)
@@ -213,6 +254,26 @@ def _raise_write_failure(err: OSError, path: Path) -> NoReturn:
     raise mapped from err
 
 
+def _in_use(run_dir: Path) -> RunDirError:
+    return RunDirError(f"run directory {run_dir} is in use by another sharewise command "
+                       f"({_lock_holder(run_dir / LOCK_NAME)}); wait for it to finish or use another --out")
+
+
+def refuse_locked(run_dir: Path) -> None:
+    """A :class:`RunDirError` when another command holds ``run_dir``'s lock; creates nothing
+    and takes nothing (the command takes the lock itself when it starts)."""
+    try:
+        fh = open(run_dir / LOCK_NAME)  # noqa: SIM115 (closed below)
+    except OSError:  # no lock file: nobody holds it
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(run_dir) from None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
     """Create ``run_dir`` and take the non-blocking ``flock`` on ``run_dir/.lock`` (our pid
     written into it); None where the directory cannot be written (the command's first write then
@@ -236,8 +297,7 @@ def _acquire_lock(run_dir: Path) -> tuple[Any, bool]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise RunDirError(f"run directory {run_dir} is in use by another sharewise command ({_lock_holder(path)}); "
-                              "wait for it to finish or use another --out") from None
+            raise _in_use(run_dir) from None
         try:
             same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -297,18 +357,25 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             _release_lock(fh, Path(run_dir), created)
 
 
-def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
-    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
-
-    With either, the temporary files a killed checkpoint write left in ``checkpoints/`` are removed.
-    A run directory that cannot be written (read-only, no permission, no space) is refused before
-    anything in it is removed."""
+def refuse_existing_outputs(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> list[str]:
+    """The ``outputs`` that exist in ``run_dir``; a :class:`RunDirError` when there are some and
+    neither ``overwrite`` nor ``resume`` is given."""
     existing = [o for o in outputs if (run_dir / o).exists()]
     if existing and not (overwrite or resume):
         raise RunDirError(
             f"run directory {run_dir} already holds {', '.join(existing)}; use --resume to continue it, "
             "--overwrite to replace it, or --out/--exp-name for a new one"
         )
+    return existing
+
+
+def claim_run_dir(run_dir: Path, outputs: list[str], *, overwrite: bool, resume: bool) -> None:
+    """Refuse when this command's outputs exist, unless ``overwrite`` (removes them) or ``resume``.
+
+    With either, the temporary files a killed checkpoint write left in ``checkpoints/`` are removed.
+    A run directory that cannot be written (read-only, no permission, no space) is refused before
+    anything in it is removed."""
+    existing = refuse_existing_outputs(run_dir, outputs, overwrite=overwrite, resume=resume)
     D.barrier()  # every rank has looked before rank 0 removes anything
     if D.is_main():
         try:
@@ -428,7 +495,8 @@ def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, 
                    batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size, device=ctx.device,
                    logger=logger, checkpoint_every_s=cfg.train.checkpoint_every_s, progress=cfg.train.progress,
                    reference=ctx.reference, log_every=cfg.train.log_every, precision=cfg.train.precision,
-                   workers=cfg.train.workers, selection_metric=cfg.train.selection_metric)
+                   workers=cfg.train.workers, selection_metric=cfg.train.selection_metric,
+                   label=None if str(directory) in (".", "") else str(directory))
 
 
 def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, stage: str | None = None,
@@ -445,16 +513,23 @@ def train(ctx: RunContext, *, overwrite: bool = False, resume: bool = False, sta
         return _train(ctx, overwrite=overwrite, resume=resume, stage=stage, allow_changed=allow_changed)
 
 
+def _check_stage(ctx: RunContext, stage: str | None) -> bool:
+    """Whether ``stage`` is the method's first (``None``: all of them); refuses a stage the method
+    lacks, and a later stage before anything was trained."""
+    stages = ctx.method.stages
+    if stage is not None and stage not in stages:
+        raise ConfigError(f"method {ctx.cfg.method.name!r} has no {stage!r} stage (its stages: {', '.join(stages)})")
+    first = stage is None or stage == stages[0]
+    if not first and not (ctx.run_dir / "checkpoints").exists():
+        raise RunDirError(f"{ctx.run_dir}: nothing trained yet; run `sharewise train` first")
+    return first
+
+
 def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
            allow_changed: Sequence[str]) -> dict[str, Any]:
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    stages = ctx.method.stages
-    if stage is not None and stage not in stages:
-        raise ConfigError(f"method {cfg.method.name!r} has no {stage!r} stage (its stages: {', '.join(stages)})")
-    first = stage is None or stage == stages[0]
+    first = _check_stage(ctx, stage)
     if not first:
-        if not (run_dir / "checkpoints").exists():
-            raise RunDirError(f"{run_dir}: nothing trained yet; run `sharewise train` first")
         run_dir.mkdir(parents=True, exist_ok=True)
     write_config = True
     if first and resume and not overwrite:  # before anything in the run directory is touched
@@ -464,6 +539,8 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
                       resume=resume)
     if first and resume and not (run_dir / "checkpoints").exists():
         warnings.warn(f"--resume: {run_dir} has no checkpoint yet; starting from the beginning")
+    if first and D.is_main() and ctx.defaults:
+        print(f"sharewise: {describe_defaults(ctx.defaults, ctx.data.input_spec)}")
     if first and D.is_main():
         if write_config:
             save_config(cfg, run_dir / "config.yaml")
@@ -480,8 +557,10 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
                    seed: int | None = None) -> list[dict]:
         sub = str(directory) not in (".", "")
         if sub:  # a candidate's own directory: refused when it exists, like the run directory itself
-            claim_run_dir(run_dir / directory, ["checkpoints", "metrics.jsonl"], overwrite=overwrite, resume=resume)
-        log = MetricsLogger(run_dir / directory, tensorboard=False) if sub else logger
+            claim_run_dir(run_dir / directory, ["checkpoints", "metrics.jsonl", "tensorboard"], overwrite=overwrite,
+                          resume=resume)
+        # a candidate's curves in its own tensorboard/ (TensorBoard on the run directory lists each as a run)
+        log = MetricsLogger(run_dir / directory, tensorboard=cfg.output.tensorboard) if sub else logger
         try:
             trainer = make_trainer(ctx, model, directory, log, seed=seed)
             summaries = [trainer.run_phase(phase, resume=resume) for phase in phases]
@@ -532,6 +611,57 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
     return selection
 
 
+def check_before_launch(cfg: Config, *, command: str, overwrite: bool = False, resume: bool = False,
+                        allow_changed: Sequence[str] = (), seeds: Sequence[int] | None = None,
+                        reference: dict[str, dict[str, float]] | None = None,
+                        reference_source: str | None = None) -> None:
+    """Refuse, in the process that would start several (``--procs``, ``--gpus``), what every one of
+    them would refuse because of its input: the config, data, method, backbone and reference as
+    :func:`prepare` checks them (the model built on the CPU), then the run directory as ``command``
+    (``train``, ``retrain``, ``test`` or ``run``) would: in use by another command, a missing
+    earlier stage, ``--resume`` with another config or split, outputs that exist. The same one
+    line, as soon as one process gives it, and before any process starts; the data are read once
+    more when all is well. Writes nothing. Warnings are shown only with a refusal (as one process
+    shows them before its error); otherwise the started processes give them (rank 0)."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            _check_before_launch(cfg, command=command, overwrite=overwrite, resume=resume,
+                                 allow_changed=allow_changed, seeds=seeds, reference=reference,
+                                 reference_source=reference_source)
+            return
+        except Exception:
+            shown = list(caught)
+            error = sys.exc_info()[1]
+    for w in shown:  # outside the recording: shown as the CLI shows warnings
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    raise error
+
+
+def _check_before_launch(cfg: Config, *, command: str, overwrite: bool, resume: bool, allow_changed: Sequence[str],
+                         seeds: Sequence[int] | None, reference: dict[str, dict[str, float]] | None,
+                         reference_source: str | None) -> None:
+    if seeds and len(set(seeds)) != len(seeds):  # before the data, as run_seeds checks it
+        raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
+    ctx = prepare(cfg, reference=reference, reference_source=reference_source, build_device="cpu")
+    if seeds:
+        for seed in seeds:
+            run_dir = cfg.run_dir() / f"seed_{seed}"
+            refuse_locked(run_dir)
+            refuse_existing_outputs(run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+                                    overwrite=overwrite, resume=resume)
+        return
+    refuse_locked(ctx.run_dir)
+    if command == "test":
+        _test_entries(ctx, overwrite=overwrite)
+        return
+    stage = {"train": ctx.method.stages[0], "retrain": "retrain"}.get(command)
+    if _check_stage(ctx, stage):
+        if resume and not overwrite:
+            check_resume(ctx, allow_changed)
+        refuse_existing_outputs(ctx.run_dir, TRAIN_OUTPUTS + list(ctx.method.artifacts) + TEST_OUTPUTS,
+                                overwrite=overwrite, resume=resume)
+
+
 def retrain(ctx: RunContext, *, overwrite: bool = False, resume: bool = False,
             allow_changed: Sequence[str] = ()) -> dict[str, Any]:
     """The ``retrain`` stage of a multi-stage method (``sharewise retrain --exp-ids ...``)."""
@@ -566,10 +696,10 @@ def test(ctx: RunContext, *, overwrite: bool = False) -> dict[str, Any]:
         return _test(ctx, overwrite=overwrite)
 
 
-def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
-    # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
-    # a checkpoint that does not load leaves the earlier results in place
-    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
+def _test_entries(ctx: RunContext, *, overwrite: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The selection and the candidates ``test`` evaluates; refuses an existing ``results.json``
+    without ``overwrite``, a run without ``selection.json`` or candidates, unknown ``--exp-ids``."""
+    refuse_existing_outputs(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
     selection = read_selection(ctx.run_dir)
     entries = selection["candidates"]
     if not entries:
@@ -585,6 +715,14 @@ def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
         best = max(entries, key=lambda e: e["score"])
         selection = {**selection, "selected": best["name"], "checkpoint": best["checkpoint"], "score": best["score"],
                      "val": best["val"], "candidates": entries}
+    return selection, entries
+
+
+def _test(ctx: RunContext, *, overwrite: bool) -> dict[str, Any]:
+    # refuse early without --overwrite; with it, results.json is replaced atomically at the end, so
+    # a checkpoint that does not load leaves the earlier results in place
+    claim_run_dir(ctx.run_dir, ["results.json"], overwrite=False, resume=overwrite)
+    selection, entries = _test_entries(ctx, overwrite=overwrite)
     per_candidate = []
     chosen = None
     for entry in entries:

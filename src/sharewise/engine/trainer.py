@@ -33,6 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, forward_batch, to_device
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .progress import PhaseProgress
 
 
 def _all_finite(value: torch.Tensor) -> bool:
@@ -103,7 +104,8 @@ class Trainer:
                  eval_batch_size: int, device: torch.device, logger: MetricsLogger,
                  checkpoint_every_s: float = 120.0, progress: bool = True,
                  reference: dict[str, dict[str, float]] | None = None, log_every: int = 20,
-                 precision: str = "fp32", workers: int = 0, selection_metric: str | None = None) -> None:
+                 precision: str = "fp32", workers: int = 0, selection_metric: str | None = None,
+                 label: str | None = None) -> None:
         self.model = model
         self.data = data
         self.tasks = list(data.tasks)
@@ -120,6 +122,8 @@ class Trainer:
         self.precision = precision
         self.workers = workers
         self.selection_metric = selection_metric
+        self.label = label  # shown before the phase's name in the progress (a candidate's directory)
+        self._progress: PhaseProgress | None = None
         self._stop = False
         self._ownership: dict[str, tuple[set[int], list[nn.Parameter]]] = {}
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -263,7 +267,23 @@ class Trainer:
         # a save every cycle was a tenth of the demo's search); timed saves bound what a kill loses
         epoch_steps = max(max(1, self.data.num_batches(s.split, self.batch_size, world_size=D.world_size()))
                           for s in phase.stretches)
-        bar = self._bar(phase, state)
+        bar = self._progress = self._bar(phase, state)
+        try:
+            best_model_state = self._cycles(phase, state, optimizers, schedulers, best_model_state, last_path, best_path,
+                                            epoch_steps, last_save, saved_step)
+        except BaseException:
+            if bar is not None:
+                bar.abandon()
+            raise
+        finally:
+            self._progress = None
+        if bar is not None:
+            bar.close("stopped early" if phase.patience is not None and state.bad_evals >= phase.patience else "")
+        return best_model_state
+
+    def _cycles(self, phase, state, optimizers, schedulers, best_model_state, last_path, best_path, epoch_steps,
+                last_save, saved_step):
+        bar = self._progress
         running: dict[str, list[float]] = {}
         while state.cycle < phase.cycles and not self._stopped(phase, state):
             while state.stretch < len(phase.stretches):
@@ -289,8 +309,7 @@ class Trainer:
                         for k, v in losses.items():
                             running.setdefault(k, []).append(v)
                         if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix({k: f"{sum(v) / len(v):.3f}" for k, v in list(running.items())[:6]})
+                            bar.update(1, losses.get("loss/total"))
                         if state.step % self.log_every == 0:
                             self._log_running(phase, state, running, optimizers)
                             running = {}
@@ -321,23 +340,21 @@ class Trainer:
                 last_save, saved_step = time.monotonic(), state.step
         if phase.eval_split and state.last_eval_step != state.step and not self._stop:
             best_model_state = self._select(phase, state, best_model_state, best_path, optimizers, schedulers)
-        if bar is not None:
-            bar.close()
         return best_model_state
 
     def _stopped(self, phase: Phase, state: PhaseState) -> bool:
         return state.done or (phase.max_steps is not None and state.step >= phase.max_steps) or (
             phase.patience is not None and state.bad_evals >= phase.patience)
 
-    def _bar(self, phase: Phase, state: PhaseState):
+    def _bar(self, phase: Phase, state: PhaseState) -> PhaseProgress | None:
+        """The phase's progress (a live bar on a terminal; its summary line in any case), or None
+        without ``train.progress`` and on ranks other than 0."""
         if not self.progress:
             return None
-        from tqdm.auto import tqdm
-
         per_cycle = sum(self._stretch_len(s, phase) for s in phase.stretches)
         total = min(per_cycle * phase.cycles, phase.max_steps or math.inf)
-        return tqdm(total=int(total), initial=state.step, desc=phase.name, file=sys.stderr, leave=False,
-                    dynamic_ncols=True, mininterval=0.5, disable=None)  # no bars when stderr is not a terminal
+        label = f"{self.label}/{phase.name}" if self.label else phase.name
+        return PhaseProgress(label, int(total), initial=state.step, primary={t.name: t.primary_metric for t in self.tasks})
 
     def _owned(self, optimizer: torch.optim.Optimizer) -> tuple[set[int], list[nn.Parameter]]:
         """The ids of ``optimizer``'s parameters and the model's other trainable parameters, found
@@ -450,7 +467,9 @@ class Trainer:
         flat = {f"{t}/{m}": v for t, ms in val.items() for m, v in ms.items() if m != "n"}
         flat["selection_score"] = score
         self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)
+        progress = self._progress
         eligible = state.cycle >= phase.select_from_cycle
+        improved_now = False  # the whole model taken by the selection at this evaluation
         if phase.selection == "per_task":
             improved = []
             current = self.model.state_dict()
@@ -476,12 +495,15 @@ class Trainer:
         elif phase.selection == "score" and eligible:
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_cycle, state.bad_evals = score, state.cycle, 0
+                improved_now = True
                 best_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._save(best_path, phase, state, optimizers, schedulers, model_state=best_model_state)
             else:
                 state.bad_evals += 1
         elif phase.selection == "last":
             best_model_state = None
+        if progress is not None:
+            progress.set_validation(val, selected=improved_now, cycle=state.cycle)
         return best_model_state
 
     def _finish(self, phase: Phase, best_model_state) -> None:

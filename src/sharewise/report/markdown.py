@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunDirError
 from ..files import atomic_write_text
 
 
@@ -20,9 +21,15 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """``report.md`` and its ``plots/`` from a run directory's files, in the run directory or, with
+    ``out``, in ``out`` (the run is then only read)."""
     run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
+    out = run_dir if out is None else Path(out)
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise RunDirError(f"{run_dir}: no results.json (run `sharewise test` first)")
+    results = json.loads(path.read_text())
     lines = [f"# sharewise run: {results['method']}", "",
              f"Run directory `{run_dir}`; data {results['run'].get('data')}; seed {results['run'].get('seed')}.", ""]
     lines += ["## Per-task metrics (selected model)", "",
@@ -53,8 +60,8 @@ def write_report(run_dir: Path) -> Path:
                      f"best cycle {ph['best_cycle']}, best score {_fmt(ph['best_score'])}"
                      f"{', stopped early' if ph.get('stopped_early') else ''}")
     lines.append("")
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
     from .plots import training_curves
 
     curves = training_curves(run_dir, results["tasks"], plots)
@@ -64,8 +71,8 @@ def write_report(run_dir: Path) -> Path:
         lines.append("")
     if results.get("candidates"):
         lines += _candidate_lines(results)
-    lines += _method_sections(results["method"], run_dir)
-    path = run_dir / "report.md"
+    lines += _method_sections(results["method"], run_dir, plots)
+    path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
@@ -106,12 +113,10 @@ def write_seed_summary(base: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def _method_sections(method: str, run_dir: Path) -> list[str]:
+def _method_sections(method: str, run_dir: Path, plots: Path) -> list[str]:
     from ..methods import methods
 
     cls = methods().get(method)
     if cls is None:
         return []
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
     return cls.report_sections(run_dir, plots)
