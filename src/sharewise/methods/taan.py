@@ -36,6 +36,9 @@ class TAANOptions(SoftOptions):
                                                       "(default: distance and nuclear yes, cosine no)")
     cosine_detach_norms: bool = Field(False, description="cosine: stop-gradient through the norms (the reference)")
     nuclear_metric: Literal["euclidean", "function"] = Field("euclidean", description="nuclear: ‖α‖_* or ‖α W^½‖_*")
+    no_decay: list[Literal["alpha", "beta"]] = Field(
+        default_factory=list, description="the slopes α and/or hinges β stepped without weight decay (§5.5; the "
+                                          "reference decays every parameter)")
 
     @field_validator("regularizer")
     @classmethod
@@ -91,8 +94,11 @@ class TAANModel(SoftSharingModel):
         slopes = [layer.alpha for layer in self.layers]
         hinges = [layer.beta for layer in self.layers]
         special = {id(p) for p in slopes + hinges}
-        return {"backbone": [p for p in self.layers.parameters() if id(p) not in special],
-                "activations": slopes + hinges, "heads": list(self.heads.parameters())}
+        return self._split_no_decay({"backbone": [p for p in self.layers.parameters() if id(p) not in special],
+                                     "activations": slopes + hinges, "heads": list(self.heads.parameters())})
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        return {"alpha": [layer.alpha for layer in self.layers], "beta": [layer.beta for layer in self.layers]}
 
     def aux_losses(self, **_: Any) -> dict[str, torch.Tensor]:
         if self.layers[0].regularizer == "none":
