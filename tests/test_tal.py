@@ -71,7 +71,8 @@ def test_activation_gradcheck(kernel, stacked):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(64, 16, 256), (5, 3, 2, 4, 4), (8, 1, 1024), (4, 16, 300)])
 @pytest.mark.parametrize("stacked", [False, True])
-def test_fused_kernel_equals_the_reference_bit_for_bit(dtype, shape, stacked):
+@pytest.mark.parametrize("hinges", [64, 7])
+def test_fused_kernel_equals_the_reference_bit_for_bit(dtype, shape, stacked, hinges):
     # the same arithmetic in the same order: values and the gradients to z, α and β are equal
     # (one thread: torch's index_put_ accumulation, which the reference uses, is parallel and
     # unordered with more), except the gradient to a shared input summed over several tasks:
@@ -81,10 +82,11 @@ def test_fused_kernel_equals_the_reference_bit_for_bit(dtype, shape, stacked):
     try:
         gen = torch.Generator().manual_seed(sum(shape))
         batch, n, *feature = shape
-        alpha = (0.3 * torch.randn(n, 64, generator=gen, dtype=dtype)).requires_grad_(True)
-        beta = (torch.rand(64, generator=gen, dtype=dtype) - 0.5).requires_grad_(True)
+        alpha = (0.3 * torch.randn(n, hinges, generator=gen, dtype=dtype)).requires_grad_(True)
+        beta = (torch.rand(hinges, generator=gen, dtype=dtype) - 0.5).requires_grad_(True)
         z = torch.randn(batch, *((n,) if stacked else ()), *feature, generator=gen, dtype=dtype)
-        z[0].view(-1)[:3] = torch.tensor([0.0, float(beta[7].detach()), float("nan")], dtype=dtype)  # a kink, a hinge, a NaN
+        special = [0.0, float(beta[5].detach()), float("nan"), float("inf"), -float("inf")]  # a kink, a hinge, ...
+        z.view(-1)[:5] = torch.tensor(special, dtype=dtype)
         z.requires_grad_(True)
         grad = torch.randn(batch, n, *feature, generator=gen, dtype=dtype)
         results = []

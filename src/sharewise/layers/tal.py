@@ -269,7 +269,7 @@ class _TAL(nn.Module, abc.ABC):
             with torch.no_grad():
                 self.z_mean.mul_(0.9).add_(0.1 * z.mean())
                 self.z_sq.mul_(0.9).add_(0.1 * z.square().mean())
-        alpha = self.alpha[ids]
+        alpha = self.alpha if ids == list(range(self.num_tasks)) else self.alpha[ids]
         out = adaptive_activation(z, alpha, self.beta, stacked=not shared, kernel=self.kernel)
         if single is not None:
             out = out[:, 0]
