@@ -611,6 +611,8 @@ def speed_taan(runs_root: Path) -> str:
     if not runs:
         raise FileNotFoundError("no run of benchmarks/taan_speed.py with the training steps under speed/taan*.json")
     result = runs[-1]["result"]
+    threads = runs[-1]["threads"]
+    runs = [run for run in runs if run["threads"] == threads]  # "every stored run": those at the same thread count
     r = result["reading"]
     package = r["tfrecord_package"]["records_per_s"] if r.get("tfrecord_package") else None
     labels = {"sharewise": ("`sharewise.data.tfrecord`", "checked (numpy CRC-32C: the default install)"),
@@ -618,7 +620,9 @@ def speed_taan(runs_root: Path) -> str:
                                                                      "`tfrecord` installs `google-crc32c`)"),
               "protobuf_runtime": ("sharewise's framing + the protobuf runtime (upb) parsing", "checked (native CRC-32C)"),
               "tfrecord_package": ("`tfrecord` package (PyPI)", "skipped")}
-    rows = ["| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s | ÷ `tfrecord` package "
+    rows = [f"The latest run ({runs[-1]['measured'][:10]}, {threads} thread{'s' if threads > 1 else ''}; "
+            f"\"every stored run\": the {len(runs)} run{'s' if len(runs) > 1 else ''} at that thread count):", "",
+            "| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s | ÷ `tfrecord` package "
             "| ÷ package, every stored run |", "|---|---|---|---|---|"]
     for name, (reader, crc) in labels.items():
         if not r.get(name):
@@ -673,8 +677,12 @@ def speed_taan_targets(runs_root: Path) -> str:
             f"| {_range_median(reading)} | {verdict(reading, lambda v: v > 1)} |",
             f"| the same with the numpy CRC-32C (no optional extra) | {_range_median(numpy_crc)} "
             f"| {verdict(numpy_crc, lambda v: v > 1)} |"]
-    for width in (256, 1024):
-        values = ratios(f"tal.{width}.1.ratio")
-        rows.append(f"| TAL forward + backward ≤ 2× a Linear + ReLU of the same width, 64 hinges, H = {width} (one task) "
-                    f"| {_range_median(values)} | {verdict(values, lambda v: v <= 2)} |")
+    all_runs = runs
+    for threads in sorted({run["threads"] for run in all_runs}):
+        runs = [run for run in all_runs if run["threads"] == threads]
+        for width in (256, 1024):
+            values = ratios(f"tal.{width}.1.ratio")
+            rows.append(f"| TAL forward + backward ≤ 2× a Linear + ReLU of the same width, 64 hinges, H = {width}, one task, "
+                        f"{threads} thread{'s' if threads > 1 else ''} | {_range_median(values)} "
+                        f"| {verdict(values, lambda v: v <= 2)} |")
     return "\n".join(rows)
