@@ -605,14 +605,21 @@ def taan_speed_runs(runs_root: Path) -> list[dict]:
     return [r for r in load_runs("speed", "taan", runs_root) if "steps" in r["result"]]
 
 
-@register("speed-taan", "benchmarks/results/runs/speed/taan*.json: the latest run, ranges over every run with the fused kernel")
+@register("speed-taan", "benchmarks/results/runs/speed/taan*.json: the latest run at each thread count, ranges over every run with the fused kernel")
 def speed_taan(runs_root: Path) -> str:
-    runs = taan_speed_runs(runs_root)
-    if not runs:
+    every = taan_speed_runs(runs_root)
+    if not every:
         raise FileNotFoundError("no run of benchmarks/taan_speed.py with the training steps under speed/taan*.json")
+    blocks = []
+    for threads in sorted({run["threads"] for run in every}):  # the latest run at each thread count
+        blocks.append(_speed_taan_block([run for run in every if run["threads"] == threads]))
+    return "\n\n".join(blocks)
+
+
+def _speed_taan_block(runs: list[dict]) -> str:
+    """The latest of ``runs`` (one thread count) in detail; "every stored run" columns over all of them."""
     result = runs[-1]["result"]
     threads = runs[-1]["threads"]
-    runs = [run for run in runs if run["threads"] == threads]  # "every stored run": those at the same thread count
     r = result["reading"]
     package = r["tfrecord_package"]["records_per_s"] if r.get("tfrecord_package") else None
     labels = {"sharewise": ("`sharewise.data.tfrecord`", "checked (numpy CRC-32C: the default install)"),
@@ -620,8 +627,9 @@ def speed_taan(runs_root: Path) -> str:
                                                                      "`tfrecord` installs `google-crc32c`)"),
               "protobuf_runtime": ("sharewise's framing + the protobuf runtime (upb) parsing", "checked (native CRC-32C)"),
               "tfrecord_package": ("`tfrecord` package (PyPI)", "skipped")}
-    rows = [f"The latest run ({runs[-1]['measured'][:10]}, {threads} thread{'s' if threads > 1 else ''}; "
-            f"\"every stored run\": the {len(runs)} run{'s' if len(runs) > 1 else ''} at that thread count):", "",
+    rows = [f"**{threads} thread{'s' if threads > 1 else ''}**: the latest run ({runs[-1]['measured'][:10]}; "
+            f"\"every stored run\": the {len(runs)} run{'s' if len(runs) > 1 else ''} at {threads} "
+            f"thread{'s' if threads > 1 else ''}):", "",
             "| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s | ÷ `tfrecord` package "
             "| ÷ package, every stored run |", "|---|---|---|---|---|"]
     for name, (reader, crc) in labels.items():
