@@ -595,21 +595,102 @@ def yt8m_per_task(runs_root: Path) -> str:
     return "\n".join(rows)
 
 
-@register("speed-taan", "benchmarks/results/runs/speed/taan*.json (the latest run)")
+TAAN_STEP_NAMES = {"hard": "`hard` (plain MLP)", "taan": "`taan` (fused TAL)", "taan_reference": "`taan` (TAL by torch ops)",
+                   "cross_stitch": "`cross_stitch`", "mmoe": "`mmoe` (6 experts)", "soft_order": "`soft_order`"}
+
+
+def taan_speed_runs(runs_root: Path) -> list[dict]:
+    """The stored full runs of benchmarks/taan_speed.py with the fused TAL kernel and the training
+    steps (runs from before them, such as the first record, are not in the ranges)."""
+    return [r for r in load_runs("speed", "taan", runs_root) if "steps" in r["result"]]
+
+
+@register("speed-taan", "benchmarks/results/runs/speed/taan*.json: the latest run at each thread count, ranges over every run with the fused kernel")
 def speed_taan(runs_root: Path) -> str:
-    result = load_run("speed", "taan", runs_root)["result"]
+    every = taan_speed_runs(runs_root)
+    if not every:
+        raise FileNotFoundError("no run of benchmarks/taan_speed.py with the training steps under speed/taan*.json")
+    blocks = []
+    for threads in sorted({run["threads"] for run in every}):  # the latest run at each thread count
+        blocks.append(_speed_taan_block([run for run in every if run["threads"] == threads]))
+    return "\n\n".join(blocks)
+
+
+def _speed_taan_block(runs: list[dict]) -> str:
+    """The latest of ``runs`` (one thread count) in detail; "every stored run" columns over all of them."""
+    result = runs[-1]["result"]
+    threads = runs[-1]["threads"]
     r = result["reading"]
-    rows = ["| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s |", "|---|---|---|",
-            f"| `sharewise.data.tfrecord` | checked (numpy CRC-32C: the default install) | {grouped(r['sharewise']['records_per_s'])} |"]
-    if r.get("sharewise_native_crc"):
-        rows.append(f"| `sharewise.data.tfrecord` | checked (a native CRC-32C: `crc32c` here; the extra `tfrecord` installs `google-crc32c`) "
-                    f"| {grouped(r['sharewise_native_crc']['records_per_s'])} |")
-    if r.get("tfrecord_package"):
-        rows.append(f"| `tfrecord` package (PyPI) | skipped | {grouped(r['tfrecord_package']['records_per_s'])} |")
-    rows += ["", "| TAL step (forward + backward, batch 64, 64 hinges) | width | tasks | TAL ms | Linear + ReLU ms | TAL ÷ Linear + ReLU |",
-             "|---|---|---|---|---|---|"]
+    package = r["tfrecord_package"]["records_per_s"] if r.get("tfrecord_package") else None
+    labels = {"sharewise": ("`sharewise.data.tfrecord`", "checked (numpy CRC-32C: the default install)"),
+              "sharewise_native_crc": ("`sharewise.data.tfrecord`", "checked (a native CRC-32C: `crc32c` here; the extra "
+                                                                     "`tfrecord` installs `google-crc32c`)"),
+              "protobuf_runtime": ("sharewise's framing + the protobuf runtime (upb) parsing", "checked (native CRC-32C)"),
+              "tfrecord_package": ("`tfrecord` package (PyPI)", "skipped")}
+    rows = [f"**{threads} thread{'s' if threads > 1 else ''}**: the latest run ({runs[-1]['measured'][:10]}; "
+            f"\"every stored run\": the {len(runs)} run{'s' if len(runs) > 1 else ''} at {threads} "
+            f"thread{'s' if threads > 1 else ''}):", "",
+            "| TFRecord reader (10 shards, 2 950 records) | CRC-32C of every record | records / s | ÷ `tfrecord` package "
+            "| ÷ package, every stored run |", "|---|---|---|---|---|"]
+    for name, (reader, crc) in labels.items():
+        if not r.get(name):
+            continue
+        rate = r[name]["records_per_s"]
+        over = [run["figures"][f"reading.{name}.records_per_s"] / run["figures"]["reading.tfrecord_package.records_per_s"]
+                for run in runs if f"reading.{name}.records_per_s" in run["figures"]
+                and "reading.tfrecord_package.records_per_s" in run["figures"]]
+        rows.append(f"| {reader} | {crc} | {grouped(rate)} | {rate / package:.2f} | {_spread(over)} |" if package else
+                    f"| {reader} | {crc} | {grouped(rate)} | – | – |")
+    rows += ["", "| TAL step (forward + backward, batch 64, 64 hinges) | width | tasks | TAL ms (fused) | TAL ms (torch ops) "
+             "| Linear + ReLU ms | **fused ÷ Linear + ReLU** | every stored run | torch ops ÷ Linear + ReLU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in result["tal"]:
-        rows.append(f"| shared input, every task's activation | {c['width']} | {c['tasks']} "
-                    f"| {1e3 * c['timing']['tal']['median_s']:.2f} | {1e3 * c['timing']['linear_relu']['median_s']:.2f} "
-                    f"| {c['tal_over_linear']:.2f} |")
+        t = c["timing"]
+        key = f"tal.{c['width']}.{c['tasks']}.ratio"
+        rows.append(f"| shared input, every task's activation | {c['width']} | {c['tasks']} | {1e3 * t['tal']['median_s']:.2f} "
+                    f"| {1e3 * t['tal_reference']['median_s']:.2f} | {1e3 * t['linear_relu']['median_s']:.2f} "
+                    f"| **{c['tal_over_linear']:.2f}** | {_spread(_over_runs(runs, key))} | {c['reference_over_linear']:.2f} |")
+    rows += ["", "| training step, 16 tasks × 64 examples | H | step ms | **÷ `hard`** | ÷ `hard`, every stored run | peak MB |",
+             "|---|---|---|---|---|---|"]
+    for c in result["steps"]:
+        for method, label in TAAN_STEP_NAMES.items():
+            peak = c["peak_bytes"][method]
+            spread = _spread(_over_runs(runs, "steps.{}.{}.over_hard".format(c["width"], method)))
+            peak_mb = "–" if peak is None else f"{peak / 2**20:.1f}"
+            rows.append(f"| {label} | {c['width']} | {1e3 * c['timing'][method]['median_s']:.1f} | **{c['over_hard'][method]:.2f}** "
+                        f"| {spread} | {peak_mb} |")
+    return "\n".join(rows)
+
+
+@register("speed-taan-targets", "every run with the fused kernel in benchmarks/results/runs/speed/taan*.json")
+def speed_taan_targets(runs_root: Path) -> str:
+    runs = taan_speed_runs(runs_root)
+
+    def ratios(key: str) -> list[float]:
+        return _over_runs(runs, key)
+
+    def verdict(values: list[float], ok) -> str:
+        if not values:
+            return "not measured"
+        hits = sum(bool(ok(v)) for v in values)
+        return "met" if hits == len(values) else ("not met" if not hits else f"met in {hits} of {len(values)} runs")
+
+    reading = [f["reading.sharewise_native_crc.records_per_s"] / f["reading.tfrecord_package.records_per_s"]
+               for f in (run["figures"] for run in runs)
+               if "reading.sharewise_native_crc.records_per_s" in f and "reading.tfrecord_package.records_per_s" in f]
+    numpy_crc = [f["reading.sharewise.records_per_s"] / f["reading.tfrecord_package.records_per_s"]
+                 for f in (run["figures"] for run in runs) if "reading.tfrecord_package.records_per_s" in f]
+    rows = ["| target | measured (every stored run with the fused kernel) | |", "|---|---|---|",
+            f"| TFRecord reading with both CRCs faster than the `tfrecord` package without them (native CRC-32C) "
+            f"| {_range_median(reading)} | {verdict(reading, lambda v: v > 1)} |",
+            f"| the same with the numpy CRC-32C (no optional extra) | {_range_median(numpy_crc)} "
+            f"| {verdict(numpy_crc, lambda v: v > 1)} |"]
+    all_runs = runs
+    for threads in sorted({run["threads"] for run in all_runs}):
+        runs = [run for run in all_runs if run["threads"] == threads]
+        for width in (256, 1024):
+            values = ratios(f"tal.{width}.1.ratio")
+            rows.append(f"| TAL forward + backward ≤ 2× a Linear + ReLU of the same width, 64 hinges, H = {width}, one task, "
+                        f"{threads} thread{'s' if threads > 1 else ''} | {_range_median(values)} "
+                        f"| {verdict(values, lambda v: v <= 2)} |")
     return "\n".join(rows)

@@ -15,5 +15,5 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 else
   echo "sharewise setup: using torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
 fi
-.venv/bin/python -m pip install --quiet -e ".[test,volumes]"
+.venv/bin/python -m pip install --quiet -e ".[test,volumes,fast]"
 touch .venv/.installed

@@ -27,6 +27,8 @@ def _models():
         "taan_bn": TAANModel(D_IN, tasks, TAANOptions(widths=[6, 5], num_basis=3, bn=True)),
         "mmoe": MMoEModel(D_IN, tasks, MMoEOptions(widths=[6, 5], num_experts=3)),
         "soft_order": SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6])),
+        "soft_order_task_encoders": SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6],
+                                                                                 encoder="task_specific")),
     }
 
 
@@ -34,7 +36,7 @@ def _loss(outputs, targets):
     return sum(torch.nn.functional.binary_cross_entropy_with_logits(outputs[t], targets[t]) for t in outputs)
 
 
-@pytest.mark.parametrize("name", ["taan", "taan_bn", "mmoe", "soft_order"])
+@pytest.mark.parametrize("name", ["taan", "taan_bn", "mmoe", "soft_order", "soft_order_task_encoders"])
 @pytest.mark.parametrize("sizes", [(5, 5, 5), (5, 3, 4)], ids=["equal", "unequal"])
 def test_whole_batch_hook_equals_one_call_per_task(name, sizes):
     """Methods without cross-task mixing give the same outputs, losses and gradients whether a
@@ -106,6 +108,69 @@ def test_taan_rejects_tracenorm_naming_l21_and_nuclear():
         validate_options(TAANOptions, {"regularizer": "tracenorm"}, "method")
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_no_decay_steps_the_named_parameters_without_weight_decay(flat):
+    """§5.5 ``no_decay``: the named parameters move to a group ``<group>_no_decay`` with the same
+    learning rate and weight decay 0; with zero loss gradients an Adam step then leaves them
+    where they are while weight decay moves every other parameter."""
+    from sharewise.config import validate_config
+    from sharewise.engine.optim import build_optimizer
+    from sharewise.methods.taan import TAAN
+
+    tasks = _tasks()
+    torch.manual_seed(0)
+    model = TAANModel(D_IN, tasks, TAANOptions(widths=[6, 5], num_basis=3, no_decay=["alpha"]))
+    groups = model.param_groups()
+    assert list(groups) == ["backbone", "activations", "activations_no_decay", "heads"]
+    assert groups["activations_no_decay"] == [layer.alpha for layer in model.layers]
+    assert groups["activations"] == [layer.beta for layer in model.layers]
+    cfg = validate_config({"method": {"name": "taan"}, "optim": {"lr": 0.01, "weight_decay": 0.5}})
+    spec = TAAN(TAANOptions(no_decay=["alpha"]), cfg).optim(model)
+    assert spec.no_decay == ("activations_no_decay",) and spec.lrs["activations_no_decay"] == 0.01
+    optimizer = build_optimizer(spec, groups, flat=flat)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        decayed = not name.endswith("slopes.value")
+        assert torch.equal(p, before[name]) != decayed, name
+    # the default decays every parameter (the reference); no group is split
+    assert list(TAANModel(D_IN, tasks, TAANOptions(widths=[6], num_basis=3)).param_groups()) == [
+        "backbone", "activations", "heads"]
+
+
+def test_no_decay_names_each_methods_own_parameters():
+    from sharewise.config import validate_options
+    from sharewise.errors import ConfigError
+
+    tasks = _tasks()
+    both = TAANModel(D_IN, tasks, TAANOptions(widths=[6], num_basis=3, no_decay=["alpha", "beta"]))
+    assert "activations" not in both.param_groups() and len(both.param_groups()["activations_no_decay"]) == 2
+    stitch = CrossStitchModel(D_IN, tasks, CrossStitchOptions(widths=[6], no_decay=["mixing"]))
+    assert list(stitch.param_groups()) == ["backbone", "cross_stitch_no_decay", "heads"]
+    gates = MMoEModel(D_IN, tasks, MMoEOptions(widths=[6], num_experts=2, no_decay=["mixing"])).param_groups()
+    assert gates["gates_no_decay"][0].shape == (3, 2, D_IN)
+    order = SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6], no_decay=["mixing"])).param_groups()
+    assert list(order) == ["backbone", "ordering_no_decay", "heads"]
+    with pytest.raises(ConfigError, match=r"method\.no_decay"):
+        validate_options(TAANOptions, {"no_decay": ["mixing"]}, "method")
+    with pytest.raises(ConfigError, match=r"method\.no_decay"):
+        validate_options(CrossStitchOptions, {"no_decay": ["alpha"]}, "method")
+
+
+def test_cross_stitch_no_decay_keeps_the_units_learning_rate():
+    from sharewise.config import validate_config
+    from sharewise.methods.cross_stitch import CrossStitch
+
+    opts = CrossStitchOptions(widths=[6], no_decay=["mixing"], lr_mult=10)
+    model = CrossStitchModel(D_IN, _tasks(), opts)
+    cfg = validate_config({"method": {"name": "cross_stitch"}, "optim": {"lr": 0.01, "weight_decay": 0.1}})
+    spec = CrossStitch(opts, cfg).optim(model)
+    assert spec.lrs == {"backbone": 0.01, "cross_stitch_no_decay": 0.1, "heads": 0.01}
+    assert spec.no_decay == ("cross_stitch_no_decay",)
+
+
 def test_cross_stitch_at_identity_with_lr_zero_equals_independent_networks():
     from sharewise.backbones import backbone_factory
     from sharewise.config import validate_config
@@ -166,6 +231,43 @@ def test_soft_order_one_hot_equals_fixed_order():
     assert torch.allclose(model(x, tasks=["t1"])["t1"], model.heads["t1"](f2(f1(h))), atol=1e-6)
 
 
+def test_soft_order_task_specific_encoders():
+    """``encoder: task_specific`` (§4.3, the original method): task t reads its own encoder, then
+    the shared soft-ordered core; with every encoder a copy of one shared encoder it is the
+    shared-encoder model; only the core is on several tasks' paths."""
+    from sharewise.cost import parameter_counts
+
+    tasks = _tasks()
+    torch.manual_seed(0)
+    shared = SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6]))
+    model = SoftOrderModel(D_IN, tasks, SoftOrderOptions(widths=[6, 6, 6], encoder="task_specific"))
+    assert not hasattr(model, "encoder") and len(model.encoders) == 3
+    x = torch.randn(4, D_IN)
+    with torch.no_grad():
+        out = model(x)
+        for i, t in enumerate(model.task_names):
+            want = model.heads[t](model.soft(model.encoders[i](x), task=i))
+            assert torch.allclose(out[t], want, atol=1e-6)
+            assert torch.allclose(model(x, tasks=[t])[t], out[t], atol=1e-6)
+        model.encoders[1][0].weight.add_(1.0)  # task t1's encoder only
+        moved = model(x)
+        assert torch.equal(moved["t0"], out["t0"]) and torch.equal(moved["t2"], out["t2"])
+        assert not torch.allclose(moved["t1"], out["t1"])
+        state = {k: v for k, v in shared.state_dict().items() if not k.startswith("encoder.")}
+        for i in range(3):
+            state.update({f"encoders.{i}.{k}": v for k, v in shared.encoder.state_dict().items()})
+        model.load_state_dict(state)
+        assert all(torch.allclose(model(x)[t], shared(x)[t], atol=1e-6) for t in model.task_names)
+    counts = parameter_counts(model)
+    encoder = D_IN * 6 + 6
+    core = 2 * (6 * 6 + 6)
+    assert counts["shared"] == core
+    assert counts["per_task"]["t0"] == encoder + core + 2 * 2 + 6 * 3 + 3  # + its ordering row (D×L) and head
+    assert counts["total"] == 3 * encoder + core + 3 * 4 + sum(6 * c + c for c in (3, 2, 4))
+    with pytest.raises(ValueError, match="encoder"):
+        SoftOrderOptions(encoder="per_task")
+
+
 # spec §5.7: the reference architectures at H = 1024, M = 64, T = 16, heads 3 557 classes
 @pytest.mark.parametrize("name,total", [("taan", 6_929_061), ("soft_order", 6_925_861), ("mmoe", 23_435_749),
                                         ("cross_stitch", 56_124_645)])
@@ -195,10 +297,12 @@ def _conv_models():
         "cross_stitch": CrossStitchModel(IMAGE[0], tasks, CrossStitchOptions(**conv)),
         "mmoe": MMoEModel(IMAGE[0], tasks, MMoEOptions(**conv, num_experts=2)),
         "soft_order": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3])),
+        "soft_order_task_encoders": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3],
+                                                                                    encoder="task_specific")),
     }
 
 
-@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order"])
+@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order", "soft_order_task_encoders"])
 def test_conv_trunks_keep_the_cost_contract(name):
     """On image inputs (``trunk: conv``): output shapes, one task's call = its part of the all-task
     call, the path parameters are exactly what a task's output reaches, and the FLOPs order."""
@@ -225,7 +329,7 @@ def test_conv_trunks_keep_the_cost_contract(name):
     assert max(flops["per_task"].values()) <= flops["all_tasks"] <= flops["naive"]
 
 
-@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order"])
+@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order", "soft_order_task_encoders"])
 def test_conv_whole_batch_hook_equals_one_call_per_task(name):
     model = _conv_models()[name].train()
     batches = {t.name: torch.randn(4, *IMAGE) for t in model.tasks}

@@ -21,12 +21,22 @@ def _naive(z, alpha, beta):
     return F.relu(z).unsqueeze(-1) + hinges @ alpha.T  # (..., T)
 
 
-def test_activation_matches_the_definition_values_and_gradients():
+def _has_numba():
+    from sharewise.layers import _tal_kernel
+
+    return _tal_kernel.kernels() is not None
+
+
+KERNELS = ["reference", pytest.param("fused", marks=pytest.mark.skipif(not _has_numba(), reason="numba not installed"))]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_activation_matches_the_definition_values_and_gradients(kernel):
     torch.manual_seed(0)
     alpha = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     beta = torch.randn(5, dtype=torch.float64, requires_grad=True)
     z = torch.randn(7, 4, dtype=torch.float64, requires_grad=True) * 1.5
-    got = adaptive_activation(z, alpha, beta, stacked=False)  # (B, T, d)
+    got = adaptive_activation(z, alpha, beta, stacked=False, kernel=kernel)  # (B, T, d)
     want = _naive(z, alpha, beta).permute(0, 2, 1)
     torch.testing.assert_close(got, want)
     g1 = torch.autograd.grad((got * torch.cos(want.detach())).sum(), (alpha, beta, z))
@@ -34,10 +44,81 @@ def test_activation_matches_the_definition_values_and_gradients():
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
     # stacked: column i of z belongs to task i
-    zs = torch.randn(6, 3, 4, dtype=torch.float64)
-    got = adaptive_activation(zs, alpha, beta, stacked=True)
+    zs = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    got = adaptive_activation(zs, alpha, beta, stacked=True, kernel=kernel)
     want = torch.stack([_naive(zs[:, i], alpha[i:i + 1], beta)[..., 0] for i in range(3)], 1)
     torch.testing.assert_close(got, want)
+    g1 = torch.autograd.grad((got * torch.sin(want.detach())).sum(), (alpha, beta, zs))
+    g2 = torch.autograd.grad((want * torch.sin(want.detach())).sum(), (alpha, beta, zs))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("stacked", [False, True])
+def test_activation_gradcheck(kernel, stacked):
+    torch.manual_seed(5)
+    alpha = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, *((3,) if stacked else ()), 5, dtype=torch.float64) * 1.5
+    z = z + 0.05 * torch.sign(z)  # no input within the finite-difference step of 0 (ReLU's kink)
+    z.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z_, a_, b_: adaptive_activation(z_, a_, b_, stacked=stacked, kernel=kernel),
+                                    (z, alpha, beta), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not _has_numba(), reason="numba not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 16, 256), (5, 3, 2, 4, 4), (8, 1, 1024), (4, 16, 300)])
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("hinges", [64, 7])
+def test_fused_kernel_equals_the_reference_bit_for_bit(dtype, shape, stacked, hinges):
+    # the same arithmetic in the same order: values and the gradients to z, α and β are equal
+    # (one thread: torch's index_put_ accumulation, which the reference uses, is parallel and
+    # unordered with more), except the gradient to a shared input summed over several tasks:
+    # sequential in the kernel, in torch's reduction only for some widths (last bits)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(sum(shape))
+        batch, n, *feature = shape
+        alpha = (0.3 * torch.randn(n, hinges, generator=gen, dtype=dtype)).requires_grad_(True)
+        beta = (torch.rand(hinges, generator=gen, dtype=dtype) - 0.5).requires_grad_(True)
+        z = torch.randn(batch, *((n,) if stacked else ()), *feature, generator=gen, dtype=dtype)
+        special = [0.0, float(beta[5].detach()), float("nan"), float("inf"), -float("inf")]  # a kink, a hinge, ...
+        z.view(-1)[:5] = torch.tensor(special, dtype=dtype)
+        z.requires_grad_(True)
+        grad = torch.randn(batch, n, *feature, generator=gen, dtype=dtype)
+        results = []
+        for kernel in ("reference", "fused"):
+            out = adaptive_activation(z, alpha, beta, stacked=stacked, kernel=kernel)
+            results.append((out, *torch.autograd.grad(out, (z, alpha, beta), grad)))
+        for i, (ref, fused) in enumerate(zip(*results)):
+            assert ref.dtype == fused.dtype and ref.shape == fused.shape
+            exact = i != 1 or stacked or shape[-1] % 16 == 0
+            tol = 0 if exact else 1e-5 if dtype == torch.float32 else 1e-12
+            torch.testing.assert_close(fused, ref, rtol=tol, atol=tol, equal_nan=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not _has_numba(), reason="numba not installed")
+def test_fused_kernel_does_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(6)
+    alpha = torch.randn(16, 64, generator=gen, requires_grad=True)
+    beta = (torch.rand(64, generator=gen) - 0.5).requires_grad_(True)
+    z = torch.randn(64, 16, 256, generator=gen, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = adaptive_activation(z, alpha, beta, stacked=True, kernel="fused")
+            results.append((out, *torch.autograd.grad(out.square().sum(), (z, alpha, beta))))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_zero_slopes_give_relu_and_identity_above_the_hinges():

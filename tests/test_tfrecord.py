@@ -33,11 +33,16 @@ def test_crc32c_known_vectors(data, expected):
     assert tr.crc32c(data) == expected
 
 
-def test_crc32c_many_matches_scalar_for_mixed_lengths():
+def test_crc32c_many_matches_scalar_for_mixed_lengths(monkeypatch):
+    # the numpy path (no native library): 16 bytes a step, messages right-aligned in groups of
+    # similar length; every length mod 16 and several groups
+    monkeypatch.setattr(tr, "_NATIVE", None)
     rng = np.random.default_rng(0)
-    msgs = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (0, 1, 3, 4, 5, 17, 300, 299, 1000)]
+    sizes = [*range(0, 40), 300, 299, 1000, 4695, 4700, 9001]
+    msgs = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
     msgs += [d for d, _ in VECTORS]
     got = tr.crc32c_many(msgs)
+    assert got.dtype == np.uint32
     assert [int(v) for v in got] == [tr._crc32c_python(m) for m in msgs]
 
 
@@ -188,3 +193,90 @@ def test_parser_agrees_with_the_protobuf_runtime_on_the_sample():
     e = _examples(1)[0]
     ref = Example.FromString(tr.encode_example(e)).features.feature
     assert list(ref["labels"].int64_list.value) == e["labels"].tolist()
+
+
+def _mutations(payloads, n, seed):
+    """Payloads with random byte changes, cuts, insertions and deletions."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        p = bytearray(payloads[rng.integers(len(payloads))])
+        kind = rng.integers(4)
+        j = int(rng.integers(len(p)))
+        if kind == 0:
+            for _ in range(int(rng.integers(1, 4))):
+                p[int(rng.integers(min(len(p), 80)))] = int(rng.integers(256))
+        elif kind == 1:
+            del p[j:]
+        elif kind == 2:
+            p[j:j] = rng.integers(0, 256, int(rng.integers(1, 4)), dtype=np.uint8).tobytes()
+        else:
+            del p[j:j + int(rng.integers(1, 4))]
+        yield bytes(p)
+
+
+def _same(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name][0] == b[name][0]
+        if isinstance(a[name][1], np.ndarray):
+            assert a[name][1].dtype == b[name][1].dtype
+            np.testing.assert_array_equal(a[name][1], b[name][1])
+        else:
+            assert a[name][1] == b[name][1]
+
+
+def test_straight_line_parser_agrees_with_the_general_one():
+    # the fast path either declines (None) or gives exactly what the general parser gives, on
+    # well-formed records and on damaged ones (where the general parser decides: value or error)
+    payloads = [tr.encode_example(e) for e in _examples(4)]
+    payloads.append(tr.encode_example({"empty_f": np.zeros(0, np.float32), "ids": [b"a", b"bc"], "i": np.array([-1, 300])}))
+    tr.parse_example(payloads[0])  # names known: the fast path's precondition
+    # a map entry running past the end of its Features (whose length is 2 short), the 2 bytes
+    # after it a valid empty field: the general parser rejects it
+    whole = tr.encode_example({"mean_rgb": np.ones(3, np.float32), "id": b"ab\x12\x00"})
+    entries = whole[tr._length(whole, 1, len(whole))[1]:]
+    assert entries.endswith(b"\x12\x00")
+    overrun = tr._len_field(1, entries[:-2]) + b"\x12\x00"
+    with pytest.raises(tr._WireError, match="past the end"):
+        tr._general_example(overrun)
+    payloads.append(overrun)
+    taken = 0
+    for i, p in enumerate([*payloads, *_mutations(payloads, 1500, 0)]):
+        try:
+            fast = tr._canonical_example(p, len(p))
+        except (tr._WireError, IndexError):
+            fast = None
+        try:
+            general = tr._general_example(p)
+        except tr._WireError:
+            assert fast is None
+            continue
+        assert fast is not None or i >= 4  # the writer's own records are in TensorFlow's layout
+        if fast is not None:
+            taken += 1
+            _same(fast, general)
+    assert taken > 50
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="shared Youtube-8M sample not present")
+def test_sample_records_take_the_straight_line_path():
+    # the sample's layout (each list one packed field; an empty field 2 after the features)
+    records = tr.read_records(SAMPLE / "validate0001.tfrecord")
+    tr.parse_example(records[0][1])
+    for _, payload in records[:50]:
+        fast = tr._canonical_example(payload, len(payload))
+        assert fast is not None
+        _same(fast, tr._general_example(payload))
+        assert not fast["mean_rgb"][1].flags.writeable  # a view into the record, not a copy
+
+
+def test_corrupt_length_is_reported_before_the_truncation_it_causes(tmp_path):
+    path = tr.write_tfrecord(tmp_path / "d.tfrecord", _examples(3))
+    raw = bytearray(path.read_bytes())
+    second = 16 + len(tr.encode_example(_examples(3)[0]))
+    raw[second + 3] ^= 0x01  # the second length becomes 2^24 larger: framing runs past the end
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"d\.tfrecord: corrupt TFRecord length at byte {second} "):
+        tr.read_records(path)
+    with pytest.raises(DataError, match=rf"d\.tfrecord: truncated TFRecord at byte {second}"):
+        tr.read_records(path, verify=False)

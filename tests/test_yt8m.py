@@ -293,3 +293,43 @@ def test_tiny_soft_sharing_run_lowers_the_loss(shards, tmp_path, method, options
     rows = [json.loads(line) for line in (Path(run.path) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss/total"] for r in rows if r.get("loss/total") is not None]  # running means, every 4 steps
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
+def test_taan_run_reports_similarity_heatmaps_and_activation_curves(shards, tmp_path):
+    # spec §2.3: per TAL layer the T×T distance and cosine matrices (plotted, grouped) and f_t on [−3, 3]
+    from sharewise import fit
+
+    root, _ = shards
+    run = fit({"data": {"source": "yt8m", "path": str(root), "verticals": "all"},
+               "method": {"name": "taan", "widths": [8, 8], "num_basis": 4, "regularizer": "distance"},
+               "train": {"epochs": 1, "max_steps": 3, "batch_size": 8, "threads": 1},
+               "output": {"dir": str(tmp_path / "run"), "tensorboard": False}})
+    out = Path(run.path)
+    results = json.loads((out / "results.json").read_text())
+    tasks = results["task_order"]
+    assert len(tasks) == 4 and len(results["tal_layers"]) == 2
+    for layer in results["tal_layers"]:
+        d, c = np.array(layer["distance"]), np.array(layer["cosine"])
+        assert d.shape == c.shape == (4, 4)
+        np.testing.assert_allclose(np.diag(d), 0, atol=1e-9)
+        np.testing.assert_allclose(np.diag(c), 1, atol=1e-6)
+        z, f = np.array(layer["curves"]["z"]), np.array(layer["curves"]["f"])
+        assert z[0] == -3 and z[-1] == 3 and f.shape == (4, len(z))
+        np.testing.assert_allclose(f[:, z > 1], np.broadcast_to(z[z > 1], (4, (z > 1).sum())), rtol=1e-6)  # identity above the hinges
+    report = (out / "report.md").read_text()
+    assert "## TAAN: task-adaptive activations" in report
+    for name in ("taan_similarity_layer1.png", "taan_similarity_layer2.png", "taan_activations.png"):
+        assert f"(plots/{name})" in report and (out / "plots" / name).stat().st_size > 1000
+
+
+def test_spectral_groups_recover_block_structure():
+    from sharewise.methods._taan_report import spectral_groups
+
+    centres = np.array([0.0, 0.0, 5.0, 5.0, 5.0, 9.0, 9.0])  # three groups of activations, tasks interleaved
+    order = np.array([2, 0, 5, 3, 1, 6, 4])
+    x = centres[order] + np.linspace(0, 0.1, 7)
+    distance = (x[:, None] - x[None, :]) ** 2
+    groups = spectral_groups(distance)
+    assert groups.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert spectral_groups(distance[:3, :3]) is None  # 3 tasks: nothing to group
+    assert spectral_groups(np.zeros((5, 5))) is None  # equal activations

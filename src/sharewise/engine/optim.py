@@ -23,7 +23,8 @@ def build_optimizer(spec: OptimSpec, groups: dict[str, list[nn.Parameter]], *,
     for name, lr in spec.lrs.items():
         params = [p for p in groups.get(name, []) if p.requires_grad]
         if params:
-            param_groups.append({"params": params, "lr": lr, "name": name})
+            param_groups.append({"params": params, "lr": lr, "name": name,
+                                 **({"weight_decay": 0.0} if name in spec.no_decay else {})})
     if not param_groups:
         raise ValueError(f"optimiser over groups {list(spec.lrs)} has no parameters")
     params = [p for g in param_groups for p in g["params"]]

@@ -8,9 +8,11 @@ A TAL is a shared affine map, an optional shared BatchNorm, and a per-task activ
     z      = BN(W x + b)                                        (shared by all tasks)
     f_t(z) = ReLU(z) + Σ_{m=1}^{M} α_{t,m} · ReLU(β_m − z)      (hinges β ∈ R^M shared, slopes α ∈ R^{T×M} per task)
 
-The activation is evaluated with the hinges sorted: for ``k = #{m: β_m ≤ z}`` (``searchsorted``),
+The activation is evaluated with the hinges sorted: for ``k = #{m: β_m ≤ z}``,
 ``f_t(z) = ReLU(z) + Bᵗ_k − z · Aᵗ_k`` with the suffix sums ``Aᵗ_k = Σ_{m ≥ k} α_{t,(m)}`` and
-``Bᵗ_k = Σ_{m ≥ k} α_{t,(m)} β_(m)``, so no (batch, width, M) tensor is formed.
+``Bᵗ_k = Σ_{m ≥ k} α_{t,(m)} β_(m)``, so no (batch, width, M) tensor is formed: on a CPU by one
+autograd node with compiled loops (:mod:`._tal_kernel`, with numba installed), otherwise by torch
+ops (``searchsorted`` and gathers); the two give the same numbers.
 
 The regularisers treat each f_t as a function in L²(p) with ``z ~ N(μ, σ²)`` and use the closed
 forms of :func:`gaussian_moments` (``E00``, ``U``, ``W``) for the Gram matrix
@@ -136,12 +138,30 @@ def check_regularizer(regularizer: str) -> str:
     return regularizer
 
 
-def adaptive_activation(z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *, stacked: bool) -> torch.Tensor:
+def adaptive_activation(z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *, stacked: bool,
+                        kernel: str = "auto") -> torch.Tensor:
     """``f_t(z) = ReLU(z) + Σ_m α_{t,m} ReLU(β_m − z)`` for the rows of ``alpha`` (n, M).
 
     ``stacked=False``: ``z`` (B, ...) shared by the n tasks → (B, n, ...); ``stacked=True``: ``z``
-    (B, n, ...), task i on column i → (B, n, ...). Hinges sorted once, ``searchsorted`` per element.
+    (B, n, ...), task i on column i → (B, n, ...). ``kernel``: ``fused`` (one autograd node with
+    compiled CPU loops, :mod:`sharewise.layers._tal_kernel`; needs numba), ``reference`` (torch
+    ops: hinges sorted once, ``searchsorted`` per element) or ``auto`` (fused where it applies:
+    CPU, float32/float64, numba installed). Both give the same values and gradients.
     """
+    if kernel not in ("auto", "fused", "reference"):
+        raise ValueError(f"kernel must be 'auto', 'fused' or 'reference' (got {kernel!r})")
+    if kernel != "reference":
+        from . import _tal_kernel
+
+        if _tal_kernel.supported(z, alpha, beta):
+            return _tal_kernel.TALActivation.apply(z, alpha, beta, stacked)
+        if kernel == "fused":
+            raise ValueError("the fused TAL kernel needs numba and CPU float32/float64 tensors of one dtype")
+    return _reference_activation(z, alpha, beta, stacked=stacked)
+
+
+def _reference_activation(z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *, stacked: bool) -> torch.Tensor:
+    """:func:`adaptive_activation` by torch ops (any device and dtype; autograd differentiates it)."""
     n = alpha.shape[0]
     beta_sorted, perm = torch.sort(beta)
     a = alpha[:, perm]
@@ -164,8 +184,11 @@ class _TAL(nn.Module, abc.ABC):
     feature_dims = 1
 
     def _init_tal(self, num_tasks: int, num_basis: int, task_names, regularizer: str, measure, basis_grad,
-                  cosine_detach_norms: bool, nuclear_metric: str, bn_stats: str, dropout: float) -> None:
+                  cosine_detach_norms: bool, nuclear_metric: str, bn_stats: str, dropout: float, kernel: str) -> None:
         self.num_tasks, self.num_basis = int(num_tasks), int(num_basis)
+        if kernel not in ("auto", "fused", "reference"):
+            raise ValueError(f"kernel must be 'auto', 'fused' or 'reference' (got {kernel!r})")
+        self.kernel = kernel
         self.task_names = check_task_names(self.num_tasks, task_names)
         if self.num_basis < 1:
             raise ValueError(f"num_basis must be >= 1 (got {num_basis})")
@@ -246,8 +269,8 @@ class _TAL(nn.Module, abc.ABC):
             with torch.no_grad():
                 self.z_mean.mul_(0.9).add_(0.1 * z.mean())
                 self.z_sq.mul_(0.9).add_(0.1 * z.square().mean())
-        alpha = self.alpha[ids]
-        out = adaptive_activation(z, alpha, self.beta, stacked=not shared)
+        alpha = self.alpha if ids == list(range(self.num_tasks)) else self.alpha[ids]
+        out = adaptive_activation(z, alpha, self.beta, stacked=not shared, kernel=self.kernel)
         if single is not None:
             out = out[:, 0]
         return F.dropout(out, self.dropout, self.training) if self.dropout else out
@@ -286,7 +309,7 @@ class _TAL(nn.Module, abc.ABC):
     @torch.no_grad()
     def curves(self, z: torch.Tensor) -> torch.Tensor:
         """Every task's activation on the points ``z`` (n,) → (T, n), e.g. on ``linspace(−3, 3)``."""
-        return adaptive_activation(z, self.alpha, self.beta, stacked=False).T
+        return adaptive_activation(z, self.alpha, self.beta, stacked=False, kernel=self.kernel).T
 
 
 class TALLinear(_TAL):
@@ -299,18 +322,20 @@ class TALLinear(_TAL):
     ``regularization(c)`` is ``c ·`` :func:`functional_penalty` of ``regularizer``.
     BatchNorm statistics with several tasks: ``bn_stats="per_task"`` as T separate calls (the
     running statistics updated once per task), ``"pooled"`` over batch × tasks.
+    ``kernel``: how the activation is computed (:func:`adaptive_activation`; same numbers).
     """
 
     def __init__(self, in_features: int, out_features: int, num_tasks: int, num_basis: int = 24, *, bn: bool = False,
                  bias: bool = True, task_names: Sequence[str] | None = None, regularizer: str = "none",
                  measure="standard", basis_grad: bool | None = None, cosine_detach_norms: bool = False,
-                 nuclear_metric: str = "euclidean", bn_stats: str = "per_task", dropout: float = 0.0) -> None:
+                 nuclear_metric: str = "euclidean", bn_stats: str = "per_task", dropout: float = 0.0,
+                 kernel: str = "auto") -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.norm = nn.BatchNorm1d(out_features) if bn else None
         self.in_features, self.out_features = in_features, out_features
         self._init_tal(num_tasks, num_basis, task_names, regularizer, measure, basis_grad, cosine_detach_norms,
-                       nuclear_metric, bn_stats, dropout)
+                       nuclear_metric, bn_stats, dropout, kernel)
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -331,13 +356,13 @@ class TALConv2d(_TAL):
                  stride=1, padding=0, dilation=1, bias: bool = True, bn: bool = True,
                  task_names: Sequence[str] | None = None, regularizer: str = "none", measure="standard",
                  basis_grad: bool | None = None, cosine_detach_norms: bool = False, nuclear_metric: str = "euclidean",
-                 bn_stats: str = "per_task", dropout: float = 0.0) -> None:
+                 bn_stats: str = "per_task", dropout: float = 0.0, kernel: str = "auto") -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                               dilation=dilation, bias=bias)
         self.norm = nn.BatchNorm2d(out_channels) if bn else None
         self._init_tal(num_tasks, num_basis, task_names, regularizer, measure, basis_grad, cosine_detach_norms,
-                       nuclear_metric, bn_stats, dropout)
+                       nuclear_metric, bn_stats, dropout, kernel)
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 5:

@@ -33,6 +33,8 @@ class SoftOptions(BaseModel):
     trunk: Literal["mlp", "conv"] = Field("mlp", description="mlp: flattened inputs; conv: image inputs")
     kernel_size: int = Field(3, ge=1, description="conv: the kernel of every layer (odd: same padding)")
     pool: bool = Field(True, description="conv: a 2×2 max-pool after each layer")
+    no_decay: list[str] = Field(default_factory=list, description="parameters stepped without optim.weight_decay "
+                                                                  "(§5.5; each method names its own)")
 
     _positive_widths = field_validator("widths")(positive_widths)
 
@@ -74,6 +76,29 @@ class SoftSharingModel(MultiTaskModel, abc.ABC):
         self.heads = TaskHeads(out_features, self.tasks)
         self.conv = opts is not None and opts.trunk == "conv"
         self.pools = bool(opts.pool) if opts is not None else False
+        self.no_decay = tuple(opts.no_decay) if opts is not None else ()
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters ``method.no_decay`` can name, by name (TAAN: ``alpha``, ``beta``; the
+        other methods: ``mixing``); none by default."""
+        return {}
+
+    def _split_no_decay(self, groups: dict[str, list[nn.Parameter]]) -> dict[str, list[nn.Parameter]]:
+        """``groups`` with the parameters named by ``no_decay`` moved from each group ``g`` to a
+        group ``g_no_decay`` (same learning rate, no weight decay: :class:`OptimSpec.no_decay`)."""
+        if not self.no_decay:
+            return groups
+        kinds = self.decay_kinds()
+        exempt = {id(p) for kind in self.no_decay for p in kinds[kind]}
+        out: dict[str, list[nn.Parameter]] = {}
+        for name, params in groups.items():
+            kept = [p for p in params if id(p) not in exempt]
+            freed = [p for p in params if id(p) in exempt]
+            if kept:
+                out[name] = kept
+            if freed:
+                out[f"{name}_no_decay"] = freed
+        return out
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.conv else x.flatten(1)
@@ -121,7 +146,10 @@ class SoftMethod(Method):
     """One phase ``train`` over the summed task losses plus :meth:`MultiTaskModel.aux_losses`."""
 
     def optim(self, model: MultiTaskModel) -> OptimSpec:
-        return self.default_optim(list(model.param_groups()))
+        groups = list(model.param_groups())
+        spec = self.default_optim(groups)
+        spec.no_decay = tuple(g for g in groups if g.endswith("_no_decay"))
+        return spec
 
     def phases(self, model: MultiTaskModel, steps_per_epoch: int) -> list[Phase]:
         t = self.cfg.train

@@ -89,6 +89,8 @@ class OptimSpec:
     # True gives it a zero gradient, so Adam's momentum still moves it (TF1 semantics, §5 of
     # parameter allocation: every parameter materialised, zero-filled)
     step_without_grad: bool = False
+    # groups stepped without weight decay (TAAN specification §5.5 ``no_decay``)
+    no_decay: tuple[str, ...] = ()
 
 
 @dataclass

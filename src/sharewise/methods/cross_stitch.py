@@ -12,6 +12,7 @@ tasks' (a shorter task's examples repeated), so the streams mixed are real examp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -28,6 +29,8 @@ class CrossStitchOptions(SoftOptions):
     alpha_other: float = Field(0.1, description="α_D, the initial weight shared by the other tasks")
     lr_mult: float = Field(1.0, ge=0, description="the units' learning rate as a multiple of optim.lr")
     per_channel: bool = Field(False, description="one T×T mixing matrix per unit of the layer")
+    no_decay: list[Literal["mixing"]] = Field(default_factory=list,
+                                              description="mixing: the units stepped without weight decay (§5.5)")
 
 
 class CrossStitchModel(SoftSharingModel):
@@ -69,8 +72,11 @@ class CrossStitchModel(SoftSharingModel):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         units = [layer.unit.mixing for layer in self.layers]
         ids = {id(p) for p in units}
-        return {"backbone": [p for p in self.layers.parameters() if id(p) not in ids], "cross_stitch": units,
-                "heads": list(self.heads.parameters())}
+        return self._split_no_decay({"backbone": [p for p in self.layers.parameters() if id(p) not in ids],
+                                     "cross_stitch": units, "heads": list(self.heads.parameters())})
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        return {"mixing": [layer.unit.mixing for layer in self.layers]}
 
     @torch.no_grad()
     def mixing_matrices(self) -> list[list]:
@@ -92,7 +98,9 @@ class CrossStitch(SoftMethod):
 
     def optim(self, model: MultiTaskModel) -> OptimSpec:
         spec = super().optim(model)
-        spec.lrs["cross_stitch"] = spec.lrs["cross_stitch"] * self.options.lr_mult
+        for group in ("cross_stitch", "cross_stitch_no_decay"):
+            if group in spec.lrs:
+                spec.lrs[group] = spec.lrs[group] * self.options.lr_mult
         return spec
 
     def results(self, ctx, model) -> dict:

@@ -10,7 +10,7 @@ its own (the same numbers as one call per task, fewer operations).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +24,8 @@ from .base import BuildContext, register_method
 
 class MMoEOptions(SoftOptions):
     num_experts: int = Field(6, ge=1, description="E experts (Youtube-8M §5.4: 6, each an MLP of widths)")
+    no_decay: list[Literal["mixing"]] = Field(default_factory=list,
+                                              description="mixing: the gates stepped without weight decay (§5.5)")
 
 
 def _expert(in_features: int, opts: MMoEOptions) -> nn.Sequential:
@@ -77,8 +79,11 @@ class MMoEModel(SoftSharingModel):
         return [self.mmoe]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"backbone": list(self.mmoe.experts.parameters()), "gates": [self.mmoe.gates],
-                "heads": list(self.heads.parameters())}
+        return self._split_no_decay({"backbone": list(self.mmoe.experts.parameters()), "gates": [self.mmoe.gates],
+                                     "heads": list(self.heads.parameters())})
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        return {"mixing": [self.mmoe.gates]}
 
 
 @register_method

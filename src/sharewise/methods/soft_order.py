@@ -1,15 +1,19 @@
 """``soft_order``: soft layer ordering (Meyerson & Miikkulainen, ICLR 2018; TAAN specification §4.3).
 
-A shared encoder ``d_in → widths[0]`` (Linear + ReLU), then L = ``len(widths) − 1`` shared layers
-of that width (Linear + ReLU) applied at D depths, mixed per task
+An encoder ``d_in → widths[0]`` (Linear + ReLU), then L = ``len(widths) − 1`` shared layers of that
+width (Linear + ReLU) applied at D depths, mixed per task
 ``h_d = Σ_j softmax(S[t, d, :])_j F_j(h_{d−1})``, then the task's head (Youtube-8M §5.4:
-``widths: [H, H, H]``, D = 2). With a shared input the encoder and the first depth run once for
-all tasks. On per-task data the whole batch runs in one call (``forward_all_tasks``).
+``widths: [H, H, H]``, D = 2). ``encoder: shared`` (default, ours for same-input data): one encoder,
+and with a shared input the encoder and the first depth run once for all tasks.
+``encoder: task_specific`` (the original method: task-specific encoders and decoders around the
+softly ordered shared core): one encoder per task, so only the core is shared. On per-task data
+the whole batch runs in one call (``forward_all_tasks``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -25,6 +29,10 @@ class SoftOrderOptions(SoftOptions):
     widths: list[int] = Field(default_factory=lambda: [64, 64, 64],
                               description="encoder width, then one equal width per shared soft-ordered layer")
     depth: int | None = Field(None, ge=1, description="D depths (default: the number of shared layers)")
+    encoder: Literal["shared", "task_specific"] = Field(
+        "shared", description="shared: one encoder for all tasks; task_specific: one per task (the original method)")
+    no_decay: list[Literal["mixing"]] = Field(
+        default_factory=list, description="mixing: the ordering logits stepped without weight decay (§5.5)")
 
     @model_validator(mode="after")
     def _equal_widths(self) -> SoftOrderOptions:
@@ -36,19 +44,30 @@ class SoftOrderOptions(SoftOptions):
 
 class SoftOrderModel(SoftSharingModel):
     """``in_features``: the input width (conv trunk: its channels; the encoder pools, the shared
-    layers keep the feature map's size)."""
+    layers keep the feature map's size). The encoder is ``encoder`` (shared) or ``encoders[t]``
+    (``encoder: task_specific``)."""
 
     def __init__(self, in_features: int, tasks: Sequence[Task], opts: SoftOrderOptions) -> None:
         width = opts.widths[0]
         super().__init__(tasks, width, opts)
         if self.conv:
             k = opts.kernel_size
-            self.encoder = nn.Sequential(nn.Conv2d(in_features, width, k, padding=k // 2), nn.ReLU(),
-                                         *([nn.MaxPool2d(2)] if opts.pool else []))
+
+            def make_encoder() -> nn.Module:
+                return nn.Sequential(nn.Conv2d(in_features, width, k, padding=k // 2), nn.ReLU(),
+                                     *([nn.MaxPool2d(2)] if opts.pool else []))
+
             layer = lambda: nn.Sequential(nn.Conv2d(width, width, k, padding=k // 2), nn.ReLU())  # noqa: E731
         else:
-            self.encoder = nn.Sequential(nn.Linear(in_features, width), nn.ReLU())
+            def make_encoder() -> nn.Module:
+                return nn.Sequential(nn.Linear(in_features, width), nn.ReLU())
+
             layer = None
+        self.task_encoders = opts.encoder == "task_specific"
+        if self.task_encoders:
+            self.encoders = nn.ModuleList([make_encoder() for _ in tasks])
+        else:
+            self.encoder = make_encoder()
         self.soft = SoftOrdering(width, len(tasks), num_layers=len(opts.widths) - 1, depth=opts.depth,
                                  layer=layer, task_names=[t.name for t in tasks])
 
@@ -59,17 +78,30 @@ class SoftOrderModel(SoftSharingModel):
         return self.encoder(x)
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        if self.task_encoders:  # each task's encoder on the shared input: per-task streams from here on
+            return self.soft(torch.stack([self.encoders[t](x) for t in ids], 1), ids, per_task=True)
         return self.soft(self._encode(x), ids, per_task=False)
 
     def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        if self.task_encoders:
+            return self.soft(torch.stack([self.encoders[t](x[:, i]) for i, t in enumerate(ids)], 1), ids, per_task=True)
         return self.soft(self._encode(x), ids, per_task=True)
 
     def shared_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.soft]
+        return [self.soft] if self.task_encoders else [self.encoder, self.soft]
+
+    def task_modules(self, task: str) -> list[nn.Module]:
+        if self.task_encoders:
+            return [self.encoders[self.task_names.index(task)], self.soft, self.heads[task]]
+        return super().task_modules(task)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"backbone": [*self.encoder.parameters(), *self.soft.shared_layers.parameters()],
-                "ordering": [self.soft.order_logits], "heads": list(self.heads.parameters())}
+        encoders = self.encoders if self.task_encoders else self.encoder
+        return self._split_no_decay({"backbone": [*encoders.parameters(), *self.soft.shared_layers.parameters()],
+                                     "ordering": [self.soft.order_logits], "heads": list(self.heads.parameters())})
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        return {"mixing": [self.soft.order_logits]}
 
 
 @register_method

@@ -11,6 +11,7 @@ tasks cost the first affine map once plus T times the rest (§3).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -36,6 +37,9 @@ class TAANOptions(SoftOptions):
                                                       "(default: distance and nuclear yes, cosine no)")
     cosine_detach_norms: bool = Field(False, description="cosine: stop-gradient through the norms (the reference)")
     nuclear_metric: Literal["euclidean", "function"] = Field("euclidean", description="nuclear: ‖α‖_* or ‖α W^½‖_*")
+    no_decay: list[Literal["alpha", "beta"]] = Field(
+        default_factory=list, description="the slopes α and/or hinges β stepped without weight decay (§5.5; the "
+                                          "reference decays every parameter)")
 
     @field_validator("regularizer")
     @classmethod
@@ -91,8 +95,11 @@ class TAANModel(SoftSharingModel):
         slopes = [layer.alpha for layer in self.layers]
         hinges = [layer.beta for layer in self.layers]
         special = {id(p) for p in slopes + hinges}
-        return {"backbone": [p for p in self.layers.parameters() if id(p) not in special],
-                "activations": slopes + hinges, "heads": list(self.heads.parameters())}
+        return self._split_no_decay({"backbone": [p for p in self.layers.parameters() if id(p) not in special],
+                                     "activations": slopes + hinges, "heads": list(self.heads.parameters())})
+
+    def decay_kinds(self) -> dict[str, list[nn.Parameter]]:
+        return {"alpha": [layer.alpha for layer in self.layers], "beta": [layer.beta for layer in self.layers]}
 
     def aux_losses(self, **_: Any) -> dict[str, torch.Tensor]:
         if self.layers[0].regularizer == "none":
@@ -112,14 +119,19 @@ class TAANModel(SoftSharingModel):
                 buf.div_(size)
 
     @torch.no_grad()
-    def similarity(self) -> list[dict[str, Any]]:
-        """Per TAL layer: ``‖f_s − f_t‖²`` and the cosine similarity (T×T), and the observed mean
-        and sd of its pre-activations (§2.2: the standard measure is only nominal without BN)."""
+    def similarity(self, grid_points: int = 121) -> list[dict[str, Any]]:
+        """Per TAL layer (§2.3): ``‖f_s − f_t‖²`` and the cosine similarity (T×T) under the
+        layer's measure ``(μ, σ)``, the observed mean and sd of its pre-activations (§2.2: the
+        standard measure is only nominal without BN), and every task's ``f_t`` on ``grid_points``
+        points of [−3, 3]."""
         out = []
         for layer in self.layers:
             sim = layer.similarity()
+            mu, sigma = layer.measure_params()
+            z = torch.linspace(-3.0, 3.0, grid_points, dtype=layer.alpha.dtype, device=layer.alpha.device)
             out.append({"distance": sim["distance"].tolist(), "cosine": sim["cosine"].tolist(),
-                        "z_mean": float(layer.z_mean), "z_sd": float(layer.z_sd)})
+                        "measure": [float(mu), float(sigma)], "z_mean": float(layer.z_mean), "z_sd": float(layer.z_sd),
+                        "curves": {"z": z.tolist(), "f": layer.curves(z).tolist()}})
         return out
 
 
@@ -143,3 +155,9 @@ class TAAN(SoftMethod):
 
     def results(self, ctx, model) -> dict[str, Any]:
         return {"tal_layers": model.similarity(), "task_order": model.task_names}
+
+    @classmethod
+    def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:
+        from ._taan_report import taan_report
+
+        return taan_report(Path(run_dir), Path(plots_dir))
