@@ -496,12 +496,14 @@ def commands_block(runs_root: Path, section: str) -> str:
 
 
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
+            "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "loading": ("loading",), "speed": ("speed",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
-for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m"):
+for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
+                 "gumbel_matrix-mnist"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
@@ -551,6 +553,63 @@ def speed_gumbel_matrix(runs_root: Path) -> str:
         rows.append(f"| {GM_NETWORKS.get(r['network'], r['network'])} | {r['batch']} "
                     f"| {SPEED_POLICIES.get(r['allocation'], r['allocation'])} | {r['flop_ratio']:.2f} | {r['speedup']:.2f} | {r['speedup_over_flop_ratio']:.2f} | {_spread(ratios)} "
                     f"| {r['peak_bytes']['selected'] / 2**20:.2f} / {r['peak_bytes']['dense'] / 2**20:.2f} |")
+    return "\n".join(rows)
+
+
+# --- parameter allocation, MNIST (benchmarks/section_runs.py gumbel_matrix-mnist) ----------------------
+
+GM_MNIST_ROWS = (("no_sharing", "`no_sharing`"), ("shared_bottom", "`shared_bottom`"),
+                 ("gumbel_matrix", "`gumbel_matrix`"), ("gumbel_matrix_budget", "`gumbel_matrix`, budget 0.75, λ_b = 1"))
+GM_MNIST_TASKS = ("mnist", "mnist_2", "mnist_rot", "mnist_rot_2")
+GM_MNIST_SEEDS = (0, 1, 2)
+
+
+def _gm_seeds(runs_root: Path) -> tuple[int, ...]:
+    """The seeds every variant has a record of (the section is measured seed by seed)."""
+    folder = Path(runs_root) / "gumbel_matrix-mnist"
+    return tuple(s for s in GM_MNIST_SEEDS
+                 if all((folder / f"{name}-seed{s}.json").exists() for name, _ in GM_MNIST_ROWS))
+
+
+def _gm_records(runs_root: Path, name: str) -> list[dict]:
+    return [_record(runs_root, "gumbel_matrix-mnist", f"{name}-seed{s}") for s in _gm_seeds(runs_root)]
+
+
+@register("gumbel_matrix-mnist", "benchmarks/results/runs/gumbel_matrix-mnist/*-seed<S>.json, the seeds every variant has")
+def gumbel_matrix_mnist_table(runs_root: Path) -> str:
+    seeds = _gm_seeds(runs_root)
+    if not seeds:
+        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-mnist: no seed has a record of every variant")
+    rows = [f"*Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}).*", "",
+            "| variant | " + " | ".join(f"`{t}` acc ↑" for t in GM_MNIST_TASKS)
+            + " | mean ↑ | parameters | FLOPs / example, all tasks | wall per run |", "|---" * 9 + "|"]
+    for name, label in GM_MNIST_ROWS:
+        recs = _gm_records(runs_root, name)
+        cells = [mean_sd([r["figures"][f"{t}.accuracy"] for r in recs], 4) for t in GM_MNIST_TASKS]
+        mean = mean_sd([statistics.mean(r["figures"][f"{t}.accuracy"] for t in GM_MNIST_TASKS) for r in recs], 4)
+        params = sorted({r["figures"]["parameters"] for r in recs})
+        flops = [r["figures"]["flops"] for r in recs]
+        flop_cell = _mflops(min(flops)) if min(flops) == max(flops) else f"{_mflops(min(flops))} – {_mflops(max(flops))}"
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {' / '.join(grouped(p) for p in params)} "
+                    f"| {flop_cell} | {_walls(recs)} |")
+    return "\n".join(rows)
+
+
+@register("gumbel_matrix-mnist-allocation",
+          "benchmarks/results/runs/gumbel_matrix-mnist/gumbel_matrix*-seed<S>.json, the seeds every variant has")
+def gumbel_matrix_mnist_allocation(runs_root: Path) -> str:
+    rows = ["| variant | seed | active fraction per task (`mnist`, `mnist_2`, `mnist_rot`, `mnist_rot_2`) "
+            "| expected fraction (mean p) per task | binary similarity: within pair / across / difference "
+            "| soft similarity: within / across / difference |", "|---" * 6 + "|"]
+    for name, label in GM_MNIST_ROWS[2:]:
+        for seed, rec in zip(_gm_seeds(runs_root), _gm_records(runs_root, name)):
+            f = rec["figures"]
+            active = " / ".join(f"{f[f'allocation.active_fraction.{t}']:.2f}" for t in GM_MNIST_TASKS)
+            expected = " / ".join(f"{f[f'allocation.expected_fraction.{t}']:.2f}" for t in GM_MNIST_TASKS)
+            sep = {k: " / ".join(f"{f[f'allocation.separation.{k}.{x}']:+.3f}" if x == "difference"
+                                 else f"{f[f'allocation.separation.{k}.{x}']:.3f}" for x in ("within", "across", "difference"))
+                   for k in ("binary", "soft")}
+            rows.append(f"| {label} | {seed} | {active} | {expected} | {sep['binary']} | {sep['soft']} |")
     return "\n".join(rows)
 
 
