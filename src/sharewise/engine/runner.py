@@ -42,7 +42,8 @@ from .checkpoint import load_checkpoint
 from .device import keep_freed_host_memory, resolve_device
 from .evaluate import evaluate
 from .logging import MetricsLogger
-from .trainer import Trainer, reference_metrics, selection_score
+from .selection import candidate_base, reference_metrics, rule_description, selection_score
+from .trainer import Trainer
 
 SCHEMA = 1
 
@@ -501,8 +502,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
         new_keys = {(s["phase"], s.get("directory", ".")) for s in summaries}
         summaries = [s for s in previous.get("phases", []) if (s["phase"], s.get("directory", ".")) not in new_keys] + summaries
     metric = cfg.train.selection_metric
-    rule = ("validation Δ_MTL against the reference" if ctx.reference else
-            f"validation {metric}, mean over tasks" if metric else "validation objective −Σ_t λ_t L_t")
+    rule = rule_description(metric, bool(ctx.reference))
     if not candidates:
         selection = {"selected": None, "checkpoint": None, "rule": rule, "score": None, "val": None,
                      "phases": summaries, "candidates": []}
@@ -515,7 +515,9 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
             model.load_state_dict(load_checkpoint(run_dir / cand.checkpoint)["model"])
             cand.val = evaluate(model, ctx.data, "val", ctx.tasks, batch_size=cfg.train.eval_batch_size,
                                 device=ctx.device, forward_kwargs=ctx.method.candidate_forward_kwargs(cand))
-        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference, metric)
+    base = candidate_base(candidates, summaries)  # one base for every candidate
+    for cand in candidates:
+        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference, metric, base)
     best = max(candidates, key=lambda c: c.score)
     selection = {
         "selected": best.name,
