@@ -39,7 +39,7 @@ from ..tasks import Task
 from . import distributed as D
 from ..files import atomic_write_json, atomic_write_text, remove_stale_temporaries, write_failure
 from .checkpoint import load_checkpoint
-from .device import keep_freed_host_memory, resolve_device
+from .device import keep_freed_host_memory, resolve_device, use_deterministic_algorithms
 from .evaluate import evaluate
 from .logging import MetricsLogger
 from .selection import candidate_base, reference_metrics, rule_description, selection_score
@@ -146,7 +146,7 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     if keep_host_memory_default if keep is None else keep:
         keep_freed_host_memory()
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        use_deterministic_algorithms()
     if cfg.train.precision == "fp16" and not cfg.train.gpus:
         raise ConfigError("train.precision: fp16 needs a GPU (--gpus); use bf16 or fp32 on the CPU")
     D.init_from_env(use_cuda=bool(cfg.train.gpus))
@@ -422,6 +422,15 @@ def check_resume(ctx: RunContext, allow_changed: Sequence[str] = ()) -> bool:
     return bool(changed)
 
 
+def warm_inputs(data: Any) -> None:
+    """With several processes, fill an input store's cache before training, each process doing its
+    share of the decoding (volumes: :meth:`~sharewise.data.volume.VolumeStore.warm`); otherwise
+    every process would decode every example it meets. One process fills its cache as it goes."""
+    warm = getattr(getattr(getattr(data, "examples", None), "inputs", None), "warm", None)
+    if warm is not None and D.world_size() > 1:
+        warm(D.rank(), D.world_size(), D.broadcast_tensor)
+
+
 def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger,
                  seed: int | None = None) -> Trainer:
     cfg = ctx.cfg
@@ -476,6 +485,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
             **ctx.loaded.state,  # the tasks, for every source: the model can be rebuilt from the run alone
             "data_fingerprint": data_fingerprint(cfg, split_text)})
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
+    warm_inputs(ctx.data)
 
     def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume,
                    seed: int | None = None) -> list[dict]:
