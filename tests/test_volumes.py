@@ -561,3 +561,44 @@ def test_worker_threads_give_the_same_batches_and_decode_each_volume_once(tmp_pa
     b = list(ahead.batches("train", 3, workers=3, **kwargs))
     assert len(a) == len(b) and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
     assert ahead.examples.inputs.cache.reads == ahead.split_size("train")
+
+
+def test_shared_warm_up_decodes_each_volume_once_across_processes(tmp_path, monkeypatch):
+    """Two processes (threads here, with a broadcast through a barrier) each decode every other
+    volume and receive the rest: together each file is read once, and both hold every volume
+    exactly as one process decoding all of them."""
+    import threading
+
+    path = make_study(tmp_path / "s", n=11)
+    stores = [build_data(vcfg(path, volume_shape=[6, 6, 6])).data.examples.inputs for _ in range(3)]
+    calls = []
+    real = V.read_volume
+    monkeypatch.setattr(V, "read_volume", lambda p, **k: calls.append(p) or real(p, **k))
+    sent: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+
+    def broadcast_for(rank):
+        def broadcast(t, src):
+            if rank == src:
+                sent[src] = t.clone()
+            barrier.wait()
+            if rank != src:
+                t.copy_(sent[src])
+            barrier.wait()
+            return t
+        return broadcast
+
+    threads = [threading.Thread(target=stores[r].warm, args=(r, 2, broadcast_for(r))) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = np.unique(stores[0].rows)
+    assert sorted(calls) == sorted({c for c in calls}) and len(calls) == len(rows) == 11
+    assert [stores[r].cache.reads for r in range(2)] == [6, 5]
+    every = np.arange(len(stores[0]))
+    expected = stores[2][every]  # one process, decoding as it goes
+    for r in range(2):
+        assert stores[r].cache._done.all()
+        assert torch.equal(stores[r][every], expected)
+    assert stores[0].cache.reads == 6  # reading the store afterwards decodes nothing more

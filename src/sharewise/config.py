@@ -46,6 +46,11 @@ def _whole_number(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_whole_number)]
 """The type of every integer config key (see :func:`_whole_number`)."""
 
+# Selection rules by name (train.selection_metric; formulas in engine/selection.py): the default is
+# scale-free; "objective" is the rule of earlier releases (and what null means in their configs).
+SELECTION_RULES = ("loss_ratio", "objective")
+DEFAULT_SELECTION_RULE = "loss_ratio"
+
 MAX_STEPS = 10**9  # epochs, steps and evaluations beyond this are typing mistakes, not plans
 MAX_BATCH = 10**7
 
@@ -192,9 +197,9 @@ class TrainConfig(_Strict):
     eval_every: Int | None = Field(None, ge=1, le=MAX_STEPS)  # steps; default: once per epoch
     checkpoint_every_s: float = Field(120.0, gt=0)  # a kill loses at most this much work
     log_every: Int = Field(20, ge=1, le=MAX_STEPS)  # steps between training-loss records in metrics.jsonl
-    # selection on the mean over tasks of this validation metric (e.g. accuracy) instead of the
-    # validation objective −Σ_t λ_t L_t (a reference, when given, still selects on Δ_MTL)
-    selection_metric: str | None = None
+    # how a validation evaluation is scored for selection (a reference, when given, selects on Δ_MTL):
+    # a rule of SELECTION_RULES (engine/selection.py) or a metric name (its mean over tasks, e.g. accuracy)
+    selection_metric: str = DEFAULT_SELECTION_RULE
     exp_ids: list[Int | str] | None = None  # --exp-ids: the candidates to train/test (AdaShare: architecture ids, argmax)
     gpus: list[Int] = Field(default_factory=list)
     procs: Int = Field(1, ge=1)  # CPU processes (gloo); --gpus with several ids starts one per GPU
@@ -208,14 +213,17 @@ class TrainConfig(_Strict):
     progress: bool = True
     deterministic: bool = True
 
-    @field_validator("selection_metric")
+    @field_validator("selection_metric", mode="before")
     @classmethod
-    def _known_metric(cls, v: str | None) -> str | None:
+    def _known_metric(cls, v: Any) -> Any:
         from .metrics import METRICS_BY_KIND
 
+        if v is None:  # configs written before the rules had names: null was the validation objective
+            return "objective"
         names = {"loss"} | {m.name for ms in METRICS_BY_KIND.values() for m in ms}
-        if v is not None and v not in names:
-            raise ValueError(f"unknown metric {v!r}{close_matches(v, names)} (one of {', '.join(sorted(names))})")
+        if isinstance(v, str) and v not in names and v not in SELECTION_RULES:
+            raise ValueError(f"unknown rule or metric {v!r}{close_matches(v, [*SELECTION_RULES, *names])} "
+                             f"(a rule: {', '.join(SELECTION_RULES)}; or a metric: {', '.join(sorted(names))})")
         return v
 
     @model_validator(mode="after")

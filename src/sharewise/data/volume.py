@@ -521,6 +521,28 @@ class VolumeCache:
             out[k] = self.get_one(int(i))
         return out
 
+    def fill_shared(self, rows: np.ndarray, rank: int, world_size: int, broadcast) -> None:
+        """Decode ``rows`` now, the work shared among ``world_size`` processes (every process passes
+        the same rows): this one decodes ``rows[rank::world_size]``. ``memory``: each process's
+        block is then sent to the others (``broadcast(tensor, src)`` in place, as
+        ``torch.distributed.broadcast``), so a run decodes each file once instead of once per
+        process; ``disk``: the others read the files when they need them; ``none``: nothing is kept."""
+        if self.cache == "none":
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        for i in rows[rank::world_size]:
+            self.get_one(int(i))
+        if self.cache != "memory":
+            return
+        for src in range(world_size):
+            block_rows = rows[src::world_size]
+            if not len(block_rows):
+                continue
+            block = torch.from_numpy(np.ascontiguousarray(self._data[block_rows]))
+            broadcast(block, src)
+            self._data[block_rows] = block.numpy()
+            self._done[block_rows] = True
+
     def fill(self, rows: Sequence[int], *, skip: bool) -> list[tuple[int, str]]:
         """Decode ``rows`` now (``verify_volumes: decode``); returns the (row, error) of the bad
         ones when ``skip``, else raises on the first."""
@@ -548,6 +570,11 @@ class VolumeStore:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.cache.shape
+
+    def warm(self, rank: int, world_size: int, broadcast) -> None:
+        """Fill the cache now, shared among the processes (:meth:`VolumeCache.fill_shared`); the
+        engine calls it before training with several processes."""
+        self.cache.fill_shared(np.unique(self.rows), rank, world_size, broadcast)
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):

@@ -28,6 +28,21 @@ def resolve_device(gpus: list[int], local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{gpus[local_rank % len(gpus)]}")
 
 
+def use_deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing TorchInductor.
+
+    The public function also sets TorchInductor's ``deterministic`` option (for ``torch.compile``,
+    which training does not use), and importing TorchInductor (with dynamo and sympy) costs 2-3 s
+    of CPU in every process, more than the rest of the start-up of a small run. When TorchInductor
+    is already imported the public function is called, so both flags agree."""
+    import sys
+
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are mapped and unmapped one by one

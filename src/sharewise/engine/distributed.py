@@ -50,6 +50,13 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """The ``src`` rank's tensor, in place in ``t`` on every rank (same shape and dtype everywhere)."""
+    if is_distributed():
+        dist.broadcast(t, src=src)
+    return t
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """The ``src`` rank's ``obj`` on every rank (decide once, then share)."""
     if not is_distributed():
@@ -120,6 +127,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def threads_per_process(nprocs: int) -> int:
+    """The cores this process may use, shared out among ``nprocs`` processes (at least one each).
+    Each process's torch would otherwise start one thread per core, and N processes on N cores
+    then run N² threads that wait on each other (torchrun sets one thread for the same reason);
+    ``OMP_NUM_THREADS`` in the environment or ``train.threads`` choose otherwise."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, nprocs))
+
+
 def launch(argv: Sequence[str], nprocs: int, gpus: Sequence[int] = ()) -> int:
     """Start ``nprocs`` copies of ``python -m sharewise argv`` on this machine as one process group
     (what ``torchrun --standalone --nproc-per-node N`` does) and watch them: when a rank exits
@@ -128,8 +147,9 @@ def launch(argv: Sequence[str], nprocs: int, gpus: Sequence[int] = ()) -> int:
     (``128 + signal`` for a signal, as a shell reports it); 0 when every rank succeeds."""
     port = _free_port()
     procs = []
+    threads = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(threads_per_process(nprocs))}
     for r in range(nprocs):
-        env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nprocs),
+        env = {**os.environ, **threads, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nprocs),
                "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, "-m", "sharewise", *argv], env=env))
     try:

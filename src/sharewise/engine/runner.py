@@ -40,10 +40,11 @@ from ..tasks import Task
 from . import distributed as D
 from ..files import atomic_write_json, atomic_write_text, remove_stale_temporaries, write_failure
 from .checkpoint import load_checkpoint
-from .device import keep_freed_host_memory, resolve_device
+from .device import keep_freed_host_memory, resolve_device, use_deterministic_algorithms
 from .evaluate import evaluate
 from .logging import MetricsLogger
-from .trainer import Trainer, reference_metrics, selection_score
+from .selection import candidate_base, reference_metrics, rule_description, selection_score
+from .trainer import Trainer
 
 SCHEMA = 1
 
@@ -178,7 +179,7 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
     if keep_host_memory_default if keep is None else keep:
         keep_freed_host_memory()
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        use_deterministic_algorithms()
     if cfg.train.precision == "fp16" and not cfg.train.gpus:
         raise ConfigError("train.precision: fp16 needs a GPU (--gpus); use bf16 or fp32 on the CPU")
     D.init_from_env(use_cuda=bool(cfg.train.gpus))
@@ -488,6 +489,15 @@ def check_resume(ctx: RunContext, allow_changed: Sequence[str] = ()) -> bool:
     return bool(changed)
 
 
+def warm_inputs(data: Any) -> None:
+    """With several processes, fill an input store's cache before training, each process doing its
+    share of the decoding (volumes: :meth:`~sharewise.data.volume.VolumeStore.warm`); otherwise
+    every process would decode every example it meets. One process fills its cache as it goes."""
+    warm = getattr(getattr(getattr(data, "examples", None), "inputs", None), "warm", None)
+    if warm is not None and D.world_size() > 1:
+        warm(D.rank(), D.world_size(), D.broadcast_tensor)
+
+
 def make_trainer(ctx: RunContext, model: MultiTaskModel, directory: str | Path, logger: MetricsLogger,
                  seed: int | None = None) -> Trainer:
     cfg = ctx.cfg
@@ -552,6 +562,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
             **ctx.loaded.state,  # the tasks, for every source: the model can be rebuilt from the run alone
             "data_fingerprint": data_fingerprint(cfg, split_text)})
     logger = MetricsLogger(run_dir, tensorboard=cfg.output.tensorboard)
+    warm_inputs(ctx.data)
 
     def run_phases(model: MultiTaskModel, phases: list, directory: str = ".", resume: bool = resume,
                    seed: int | None = None) -> list[dict]:
@@ -580,8 +591,7 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
         new_keys = {(s["phase"], s.get("directory", ".")) for s in summaries}
         summaries = [s for s in previous.get("phases", []) if (s["phase"], s.get("directory", ".")) not in new_keys] + summaries
     metric = cfg.train.selection_metric
-    rule = ("validation Δ_MTL against the reference" if ctx.reference else
-            f"validation {metric}, mean over tasks" if metric else "validation objective −Σ_t λ_t L_t")
+    rule = rule_description(metric, bool(ctx.reference))
     if not candidates:
         selection = {"selected": None, "checkpoint": None, "rule": rule, "score": None, "val": None,
                      "phases": summaries, "candidates": []}
@@ -594,7 +604,9 @@ def _train(ctx: RunContext, *, overwrite: bool, resume: bool, stage: str | None,
             model.load_state_dict(load_checkpoint(run_dir / cand.checkpoint)["model"])
             cand.val = evaluate(model, ctx.data, "val", ctx.tasks, batch_size=cfg.train.eval_batch_size,
                                 device=ctx.device, forward_kwargs=ctx.method.candidate_forward_kwargs(cand))
-        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference, metric)
+    base = candidate_base(candidates, summaries)  # one base for every candidate
+    for cand in candidates:
+        cand.score = selection_score(cand.val, ctx.tasks, ctx.reference, metric, base)
     best = max(candidates, key=lambda c: c.score)
     selection = {
         "selected": best.name,

@@ -15,7 +15,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,18 @@ import torch
 from torch import nn
 
 from ..data.base import prefetch
-from ..errors import ConfigError, RunDirError, TrainingError
+from ..errors import RunDirError, TrainingError
 from ..methods.base import MultiTaskModel, Phase, PhaseState, Stretch
-from ..metrics import delta_mtl, delta_task, higher_is_better
+from ..metrics import higher_is_better
 from ..seeding import global_rng_state, order_key, round_order, set_global_rng_state
-from ..tasks import Task, compute_losses, validation_objective
+from ..tasks import compute_losses
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, forward_batch, to_device
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .progress import PhaseProgress
+from .selection import reference_metrics, selection_score  # noqa: F401  (reference_metrics: re-exported)
 
 
 def _all_finite(value: torch.Tensor) -> bool:
@@ -69,34 +70,6 @@ class Interrupted(Exception):
     exit_code = 130
 
 
-def selection_score(val: dict[str, dict[str, float]], tasks: Sequence[Task],
-                    reference: dict[str, dict[str, float]] | None = None, metric: str | None = None) -> float:
-    """Δ_MTL on validation when references are given; else, with ``metric`` (``train.selection_metric``),
-    the unweighted mean of that validation metric over the tasks that have it (negated where lower
-    is better, so that higher is always better); else ``−Σ_t λ_t L_t^val`` (protocol point 2)."""
-    if metric is not None and not reference:
-        values = [(val[t.name][metric], metric != "loss" and higher_is_better(t.kind, metric))
-                  for t in tasks if metric in val[t.name]]
-        if not values:
-            raise ConfigError(f"train.selection_metric: no task has a validation metric {metric!r} "
-                              f"(e.g. {', '.join(sorted(k for k in val[tasks[0].name] if k != 'n'))})")
-        return sum(v if up else -v for v, up in values) / len(values)
-    if reference:
-        deltas = {t.name: delta_task(val[t.name], reference_metrics(reference[t.name], "val"), t.kind,
-                                     [t.primary_metric]) for t in tasks if t.name in reference}
-        d = delta_mtl(deltas)
-        if d is not None:
-            return d
-    return validation_objective({t.name: val[t.name]["loss"] for t in tasks}, tasks)
-
-
-def reference_metrics(entry: dict[str, Any], split: str) -> dict[str, float]:
-    """A reference task entry is ``{"val": {...}, "test": {...}}`` (a run's results) or flat metrics."""
-    if split in entry and isinstance(entry[split], dict):
-        return entry[split]
-    return entry
-
-
 class Trainer:
     """Runs phases on one model and one dataset; owns optimisers, checkpoints and logging."""
 
@@ -104,7 +77,7 @@ class Trainer:
                  eval_batch_size: int, device: torch.device, logger: MetricsLogger,
                  checkpoint_every_s: float = 120.0, progress: bool = True,
                  reference: dict[str, dict[str, float]] | None = None, log_every: int = 20,
-                 precision: str = "fp32", workers: int = 0, selection_metric: str | None = None,
+                 precision: str = "fp32", workers: int = 0, selection_metric: str = "objective",
                  label: str | None = None) -> None:
         self.model = model
         self.data = data
@@ -225,6 +198,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, old_handler)
         state.done = True
+        self._warn_first_evaluation(phase, state)
         self._finish(phase, best_model_state)
         self._save(last_path, phase, state, optimizers, schedulers)
         D.barrier()  # rank 0's checkpoints are on disk before any rank reads them
@@ -463,7 +437,10 @@ class Trainer:
         kwargs = phase.eval_kwargs(state) if phase.eval_kwargs else {}
         val = evaluate(self.model, self.data, phase.eval_split, self.tasks, batch_size=self.eval_batch_size,
                        device=self.device, forward_kwargs=kwargs)
-        score = selection_score(val, self.tasks, self.reference, self.selection_metric)
+        if not state.selection_base:  # the phase's first evaluation: what `skill` and `loss_ratio` measure from
+            state.selection_base = {t: {m: v for m, v in ms.items() if m != "n"} for t, ms in val.items()}
+        state.evals += 1
+        score = selection_score(val, self.tasks, self.reference, self.selection_metric, state.selection_base)
         flat = {f"{t}/{m}": v for t, ms in val.items() for m, v in ms.items() if m != "n"}
         flat["selection_score"] = score
         self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)
@@ -496,6 +473,7 @@ class Trainer:
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_cycle, state.bad_evals = score, state.cycle, 0
                 improved_now = True
+                state.best_eval, state.best_step = state.evals, state.step
                 best_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._save(best_path, phase, state, optimizers, schedulers, model_state=best_model_state)
             else:
@@ -506,6 +484,16 @@ class Trainer:
             progress.set_validation(val, selected=improved_now, cycle=state.cycle)
         return best_model_state
 
+    def _warn_first_evaluation(self, phase: Phase, state: PhaseState) -> None:
+        """The selected checkpoint is the phase's first evaluation although later ones exist: most
+        often a model that had not learned yet, chosen by a rule its later evaluations did not beat."""
+        if phase.selection != "score" or state.best_eval != 1 or state.evals < 2 or not D.is_main():
+            return
+        rule = "validation Δ_MTL (--reference)" if self.reference else f"train.selection_metric {self.selection_metric!r}"
+        warnings.warn(f"phase {phase.name!r}: the selected checkpoint is the first of {state.evals} evaluations "
+                      f"(step {state.best_step}) by {rule}: the model may be barely trained; look at the validation "
+                      "curves (metrics.jsonl), train longer or choose another rule", stacklevel=2)
+
     def _finish(self, phase: Phase, best_model_state) -> None:
         """Leave the selected model in ``self.model`` (the best checkpoint, or the last state)."""
         if phase.selection != "last" and best_model_state is not None:
@@ -515,5 +503,6 @@ class Trainer:
 
     def _summary(self, phase: Phase, state: PhaseState) -> dict[str, Any]:
         return {"phase": phase.name, "cycles": state.cycle, "steps": state.step, "best_cycle": state.best_cycle,
-                "best_score": state.best_score, "task_best": dict(state.task_best), "selection": phase.selection,
+                "best_step": state.best_step, "evaluations": state.evals, "best_score": state.best_score,
+                "first_val_loss": {t: ms.get("loss") for t, ms in state.selection_base.items()}, "task_best": dict(state.task_best), "selection": phase.selection,
                 "stopped_early": phase.patience is not None and state.bad_evals >= phase.patience}

@@ -107,6 +107,10 @@ class PhaseState:
     bad_evals: int = 0
     last_eval_step: int = -1
     task_best: dict[str, float] = field(default_factory=dict)
+    evals: int = 0  # validation evaluations so far
+    best_eval: int | None = None  # which of them (1 = the first) holds the best score
+    best_step: int | None = None
+    selection_base: dict[str, dict[str, float]] = field(default_factory=dict)  # the first evaluation's metrics
     extra: dict[str, Any] = field(default_factory=dict)  # method state (temperature, curriculum...)
     done: bool = False
 
