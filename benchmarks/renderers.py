@@ -498,12 +498,12 @@ def commands_block(runs_root: Path, section: str) -> str:
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
-            "loading": ("loading",), "speed": ("speed",)}
+            "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
-                 "gumbel_matrix-mnist"):
+                 "gumbel_matrix-mnist", "selection"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
@@ -752,4 +752,113 @@ def speed_taan_targets(runs_root: Path) -> str:
             rows.append(f"| TAL forward + backward ≤ 2× a Linear + ReLU of the same width, 64 hinges, H = {width}, one task, "
                         f"{threads} thread{'s' if threads > 1 else ''} | {_range_median(values)} "
                         f"| {verdict(values, lambda v: v <= 2)} |")
+    return "\n".join(rows)
+
+
+# --- Model selection rules (benchmarks/section_runs.py selection) ------------------------------------
+
+SELECTION_FAMILIES = {"shapes": ("shapes 16×16, centred", range(8)), "shapes32": ("shapes 32×32, anywhere", range(4))}
+SELECTION_CASES = (*(f"{f}-seed{s}" for f, (_, seeds) in SELECTION_FAMILIES.items() for s in seeds),
+                   "adult-hard", "mnist-hard", "ixi-hard")
+SELECTION_LABELS = {"adult-hard": "Adult `hard`", "mnist-hard": "MNIST `hard`", "ixi-hard": "IXI `hard` (48³)"}
+SELECTION_RULE_NAMES = {"objective": "`objective`", "loss_ratio": "`loss_ratio`", "delta_first": "Δ vs first",
+                        "mean_rank": "mean rank"}
+
+
+def _selected(rules: dict, step: int, values: list[float]) -> str:
+    """'step → v1 / v2 / ...', '(first)' marking the phase's first evaluation."""
+    first = " (first)" if step == rules["steps"][0] else ""
+    return f"{step}{first} → " + " / ".join(f"{v:.3f}" for v in values)
+
+
+def _run_cell(rec: dict) -> str:
+    rules, f = rec["rules"], rec["figures"]
+    return _selected(rules, f["selection.best_step"], [f[f"{t}.{m}"] for t, m in rules["primary"].items()])
+
+
+def _analysis_cell(rules: dict, rule: str) -> str:
+    return _selected(rules, rules[rule]["step"], [rules[rule]["val"][t] for t in rules["primary"]])
+
+
+@register("selection-rules", "benchmarks/results/runs/selection/*-{objective,loss_ratio}.json")
+def selection_rules(runs_root: Path) -> str:
+    rows = ["| case (primary metrics, in order) | evaluations | `objective`: step → test | `loss_ratio`: step → test "
+            "| Δ vs first evaluation: step → val | mean rank: step → val |", "|---|---|---|---|---|---|"]
+    summary = []
+    for family, (label, seeds) in SELECTION_FAMILIES.items():
+        chance = {r: 0 for r in SELECTION_RULE_NAMES}
+        first = {r: 0 for r in SELECTION_RULE_NAMES}
+        for s in seeds:
+            rules = _record(runs_root, "selection", f"{family}-seed{s}-objective")["rules"]
+            best_shape = max(rules[q]["val"]["shape"] for q in SELECTION_RULE_NAMES)
+            for r in SELECTION_RULE_NAMES:
+                chance[r] += rules[r]["val"]["shape"] <= 0.34 < best_shape
+                first[r] += rules[r]["step"] == rules["steps"][0]
+        summary.append(f"- {label}, seeds {seeds[0]}–{seeds[-1]}: `shape` at chance (validation accuracy ≤ 0.34) while "
+                       "another rule's choice was above it: " + ", ".join(f"{SELECTION_RULE_NAMES[r]} {n}" for r, n in chance.items())
+                       + "; the first evaluation kept: " + ", ".join(f"{SELECTION_RULE_NAMES[r]} {n}" for r, n in first.items()) + ".")
+    for case in SELECTION_CASES:
+        recs = {rule: _record(runs_root, "selection", f"{case}-{rule}") for rule in ("objective", "loss_ratio")}
+        rules = recs["objective"]["rules"]
+        if case in SELECTION_LABELS:
+            label = SELECTION_LABELS[case]
+        else:
+            family, seed = case.rsplit("-seed", 1)
+            label = f"{SELECTION_FAMILIES[family][0]}, seed {seed}"
+        metrics = ", ".join(f"{t} {m}" for t, m in rules["primary"].items())
+        rows.append(f"| {label} ({metrics}) | {rules['evaluations']} | {_run_cell(recs['objective'])} "
+                    f"| {_run_cell(recs['loss_ratio'])} | {_analysis_cell(rules, 'delta_first')} "
+                    f"| {_analysis_cell(rules, 'mean_rank')} |")
+    return "\n".join(rows + [""] + summary)
+
+
+# --- The tiny IXI run (benchmarks/ixi_tiny.py) --------------------------------------------------------
+
+TINY_MARKS = (("config_written", "start-up: command to config.yaml"), ("first_logged_row", "to the first logged evaluation"),
+              ("warmup_end", "warm-up done (160 iterations)"), ("search_end", "search done (50 cycles)"),
+              ("arch_0_end", "re-training 1 done (320)"), ("arch_1_end", "re-training 2 done (320)"),
+              ("results_written", "test done (results.json)"), ("report_written", "report.md and plots"))
+
+
+@register("speed-ixi-tiny", "benchmarks/results/runs/speed/ixi-tiny*.json (the latest run)")
+def speed_ixi_tiny(runs_root: Path) -> str:
+    result = load_run("speed", "ixi-tiny", runs_root)["result"]
+    runs = result["runs"]
+    names = [n for n in ("before", "now") if n in runs]
+    label = {"before": f"before (`{Path(result['before_tree'] or '').name}`)", "now": "now"}
+    rows = ["| | " + " | ".join(label[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    first = {n: runs[n][0] for n in names}
+    rows.append("| wall time | " + " | ".join(_wall(first[n]["wall_s"]) for n in names) + " |")
+    rows.append("| CPU time, all processes | " + " | ".join(_wall(first[n]["cpu_s"]) for n in names) + " |")
+    for key, text in TINY_MARKS:
+        cells = []
+        for n in names:
+            marks = first[n]["timeline_s"]
+            v = marks.get(key)
+            cells.append("–" if v is None else (f"{v:.0f} s" if key == "config_written" else f"+{v:.0f} s"))
+        rows.append(f"| {text} | " + " | ".join(cells) + " |")
+    rows.append("| test Sex accuracy / Age MAE | " + " | ".join(
+        f"{first[n]['test']['Sex']:.3f} / {first[n]['test']['Age']:.2f}" for n in names) + " |")
+    if result.get("profile"):
+        ranks = result["profile"]
+        rows += ["", "| where a rank's CPU time goes (profiled run, cumulative) | " + " | ".join(f"rank {r}" for r in range(len(ranks)))
+                 + " |", "|---" * (len(ranks) + 1) + "|",
+                 "| CPU time of the process | " + " | ".join(f"{r['cpu_s']:.1f} s" for r in ranks) + " |"]
+        for part in ranks[0]["parts_cpu_s"]:
+            rows.append(f"| {part} | " + " | ".join(f"{r['parts_cpu_s'][part]:.1f} s" for r in ranks) + " |")
+    return "\n".join(rows)
+
+
+@register("loading-volumes-monai", "benchmarks/results/runs/loading/volumes-monai*.json (the latest run)")
+def loading_volumes_monai(runs_root: Path) -> str:
+    result = load_run("loading", "volumes-monai", runs_root)["result"]
+    rows = ["| reading (then the same preprocessing, uncached) | volumes per CPU second (median) | min – max | × nibabel |", "|---|---|---|---|"]
+    for name, label in (("nibabel", "nibabel: `read_volume` (today)"),
+                        ("monai", f"MONAI {result['monai']}: `LoadImage`, `EnsureChannelFirst`, `Orientation(\"RAS\")`")):
+        stats = result["volumes_per_s"][name]
+        ratio = stats["median"] / result["volumes_per_s"]["nibabel"]["median"]
+        rows.append(f"| {label} | {_num(stats['median'])} | {_num(min(stats['all']))} – {_num(max(stats['all']))} | {ratio:.2f} |")
+    rows += ["", f"Largest difference between the two pipelines' arrays: {result['max_abs_difference']:g}; "
+                 f"importing MONAI's transforms: {result['monai_import_cpu_s']:.1f} s of CPU "
+                 f"({result['subjects']} volumes, {result['reps']} alternating repetitions, {result['threads']} thread)."]
     return "\n".join(rows)

@@ -22,10 +22,12 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adult_runs import figures_with_delta, run_sharewise  # noqa: E402
 from record import REPO, store_run  # noqa: E402
+import selection_evidence  # noqa: E402
 
 THREADS = 1
 DEFAULT_OUT_ROOT = "/tmp/sw-bench"
@@ -38,6 +40,8 @@ class Run:
     name: str
     args: tuple[str, ...]
     needs: tuple[str, ...] = field(default=())  # names of runs of the same section that must exist first
+    prepare: Callable[[str], None] | None = None  # makes its input under the out root first (generated data)
+    details: Callable[[Path], tuple[dict, dict]] | None = None  # more (figures, extra) from the run directory
 
     def argv(self, out_root: str) -> list[str]:
         return [a.replace("{out}", out_root) for a in self.args]
@@ -116,6 +120,52 @@ def gumbel_matrix_mnist(seeds=(0, 1, 2)) -> list[Run]:
                  *GM_MNIST_REDUCED) for seed in seeds for variant in GM_MNIST_VARIANTS]
 
 
+# Model selection rules: the rule of earlier releases (`objective`) against the default (`loss_ratio`)
+# on the issue's failing case (generated shapes, the issue's command, seeds 0-7), Adult, MNIST and IXI
+SELECTION_RULES = ("objective", "loss_ratio")
+
+
+def _selection_details(run_dir: Path) -> tuple[dict, dict]:
+    """The selected evaluation as figures; what every rule (metric-based ones too) would select, as extra."""
+    alt = selection_evidence.alternatives(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    phase = results["selection"]["phases"][-1]
+    return {"selection.best_step": phase["best_step"], "selection.evaluations": phase["evaluations"]}, {"rules": alt}
+
+
+def _make_shapes(out_root: str) -> None:
+    folder = Path(out_root) / "selection" / "shapes"
+    if not (folder / "labels.csv").exists():
+        selection_evidence.make_shapes(folder)
+
+
+def _make_shapes32(out_root: str) -> None:
+    folder = Path(out_root) / "selection" / "shapes32"
+    if not (folder / "labels.csv").exists():
+        selection_evidence.make_shapes(folder, size=32, centred=False)
+
+
+def selection(seeds=range(8), seeds32=range(4)) -> list[Run]:
+    runs = []
+    shape_args = ("--image-col", "path", "--cat-target", "shape", "bright", "--num-target", "size",
+                  "--backbone", "convnet", "--epochs", "10")
+    cases = [(f"shapes-seed{s}", ("--data", "{out}/selection/shapes/labels.csv", *shape_args, "--seed", str(s)),
+              _make_shapes) for s in seeds]
+    cases += [(f"shapes32-seed{s}", ("--data", "{out}/selection/shapes32/labels.csv", *shape_args, "--seed", str(s)),
+               _make_shapes32) for s in seeds32]
+    cases += [("adult-hard", ("--config", "configs/tables/adult.yaml", "--method", "hard", "--seed", "0"), None),
+              ("mnist-hard", ("--config", "configs/images/mnist.yaml", "--method", "hard", "--seed", "0"), None),
+              ("ixi-hard", ("--config", "configs/adashare/ixi.yaml", "--cat-target", "Sex", "--num-target", "Age",
+                            "--set", "method={name: hard}", "--seed", "0"), None)]
+    for case, args, prepare in cases:
+        for rule in SELECTION_RULES:
+            out = f"{{out}}/selection/{case}-{rule}"
+            runs.append(Run(f"{case}-{rule}", ("run", *args, "--out", out, *COMMON, "--set",
+                                               f"train.selection_metric={rule}"),
+                            prepare=prepare, details=_selection_details))
+    return runs
+
+
 SECTIONS: dict[str, list[Run]] = {
     "images": images(),
     "ixi": ixi(),
@@ -125,6 +175,9 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-mnist-task_bn": adashare_task_bn(),
     "yt8m": yt8m(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
+
+
+    "selection": selection(),
 }
 
 
@@ -182,8 +235,14 @@ def allocation_figures(run_dir: Path, results: dict) -> dict[str, float]:
 def measure(run: Run, out_root: str) -> tuple[str, dict, dict, dict]:
     """Run it; returns (command, figures, extra, timings)."""
     argv = run.argv(out_root)
+    if run.prepare is not None:
+        run.prepare(out_root)
     wall = run_sharewise(argv)
     figures, extra = figures_of(run.out_dir(out_root))
+    if run.details is not None:
+        more, more_extra = run.details(run.out_dir(out_root))
+        figures.update(more)
+        extra.update(more_extra)
     return "sharewise " + shlex.join(argv), figures, extra, {"wall_s": round(wall, 1)}
 
 

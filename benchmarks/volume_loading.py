@@ -19,6 +19,14 @@ Run from the repository root::
     .venv/bin/python benchmarks/volume_loading.py [--subjects 48] [--reps 5] [--threads 1]
 
 Prints a table and writes ``benchmarks/results/volume_loading.json``.
+
+``--monai`` instead compares today's reading (nibabel: ``read_volume``) with MONAI's
+(``LoadImage`` with its nibabel reader, ``EnsureChannelFirst``, ``Orientation("RAS")``), both
+followed by the same preprocessing and uncached, alternating in one run, in volumes per second of
+this process's CPU time (so that other processes on a shared machine do not move it); it checks that both give
+the same arrays and records ``loading/volumes-monai`` (MONAI is not a dependency: install it
+first, e.g. ``pip install monai``). MONAI has no Otsu-masked normalisation, so only the reading
+and reorientation can move to it.
 """
 
 from __future__ import annotations
@@ -61,6 +69,57 @@ def one_pass(examples, index: np.ndarray, batch: int) -> float:
     return len(index) / (time.perf_counter() - start)
 
 
+def monai_reader():
+    """``read_volume``'s equivalent through MONAI: (C, D, H, W) float32, reoriented to RAS."""
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+
+    load = Compose([LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32),
+                    EnsureChannelFirst(), Orientation(axcodes="RAS")])
+    return lambda path: np.ascontiguousarray(np.asarray(load(path), dtype=np.float32))
+
+
+def compare_monai(args) -> None:
+    """Today's reading against MONAI's, the same preprocessing after both, uncached, alternating."""
+    from sharewise.data.volume import read_volume
+
+    start = time.process_time()
+    read_monai = monai_reader()
+    import_s = time.process_time() - start
+    import monai
+
+    cache = build_store(args.config, "none", "", args.overrides).inputs.cache
+    paths = cache.paths[:args.subjects]
+    prep = cache.prep
+    readers = {"nibabel": lambda p: prep(read_volume(p, canonical=prep.canonical), p),
+               "monai": lambda p: prep(read_monai(p), p)}
+    max_diff = max(float(np.abs(readers["nibabel"](p) - readers["monai"](p)).max()) for p in paths)
+    rates: dict[str, list[float]] = {k: [] for k in readers}
+    for rep in range(args.reps):
+        for name in (list(readers) if rep % 2 == 0 else list(readers)[::-1]):
+            begin = time.process_time()  # CPU time: the machine may be shared
+            for p in paths:
+                readers[name](p)
+            rates[name].append(len(paths) / (time.process_time() - begin))
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    result = {"date": dt.date.today().isoformat(), "config": args.config, "overrides": args.overrides,
+              "subjects": len(paths), "reps": args.reps, "threads": args.threads, "monai": monai.__version__,
+              "machine": {"platform": platform.platform(), "torch": torch.__version__},
+              "volumes_per_s": {k: {"median": median[k], "all": rates[k]} for k in readers},
+              "monai_vs_nibabel": median["monai"] / median["nibabel"], "max_abs_difference": max_diff,
+              "monai_import_cpu_s": import_s}
+    print(f"{len(paths)} volumes, {args.reps} alternating repetitions, {args.threads} thread(s); "
+          f"largest difference between the two: {max_diff:g}; importing MONAI: {import_s:.1f} s CPU")
+    for k in readers:
+        print(f"{k:<8} {median[k]:>8.1f} volumes per CPU second (median; {min(rates[k]):.1f} – {max(rates[k]):.1f})")
+    print(f"monai / nibabel: {result['monai_vs_nibabel']:.2f}")
+    if not args.no_record:
+        figures = {"nibabel.median": median["nibabel"], "monai.median": median["monai"],
+                   "monai_vs_nibabel": result["monai_vs_nibabel"], "max_abs_difference": max_diff,
+                   "monai_import_cpu_s": import_s}
+        record_benchmark("loading", "volumes-monai", result, figures, threads=args.threads,
+                         script="volume_loading.py", argv=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/adashare/ixi.yaml")
@@ -71,8 +130,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-record", action="store_true", help="do not store a run record (benchmarks/results/runs/loading/)")
+    parser.add_argument("--monai", action="store_true", help="compare today's reading with MONAI's (needs monai)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.monai:
+        compare_monai(args)
+        return
     with tempfile.TemporaryDirectory(prefix="sharewise-volume-cache-") as cache_dir:
         stores = {c: build_store(args.config, c, cache_dir, args.overrides) for c in CONDITIONS}
         index = np.arange(min(args.subjects, len(stores["none"])))

@@ -138,3 +138,50 @@ def test_objective_by_name_is_the_summed_validation_loss(tmp_path):
     val = results["selection"]
     assert val["rule"] == "validation objective −Σ_t λ_t L_t"
     assert val["score"] == pytest.approx(-sum(t["val"]["loss"] for t in results["tasks"].values()))
+
+
+def _benchmarks():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import selection_evidence
+
+    return selection_evidence
+
+
+def test_the_evidence_scripts_rules_on_a_written_trajectory(tmp_path):
+    """benchmarks/selection_evidence.py: which evaluation each rule keeps, from metrics.jsonl."""
+    ev = _benchmarks()
+    tasks = [Task("shape", "categorical", classes=list("abc")).to_dict(), Task("size", "numerical").to_dict()]
+    (tmp_path / "data_state.json").write_text(json.dumps({"tasks": tasks}))
+    # step: (shape loss, shape accuracy, size loss, size mae)
+    points = {2: (1.10, 0.33, 1.00, 2.0), 4: (1.00, 0.60, 1.30, 2.2), 6: (1.20, 0.50, 0.60, 1.5)}
+    rows = [{"phase": "train", "step": 2, "split": "train", "loss/total": 9.0}]
+    for step, (sl, sa, zl, zm) in points.items():
+        rows.append({"phase": "train", "step": step, "split": "val", "shape/loss": sl, "shape/accuracy": sa,
+                     "size/loss": zl, "size/mae": zm, "selection_score": 0.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    alt = ev.alternatives(tmp_path)
+    assert alt["evaluations"] == 3 and alt["steps"] == [2, 4, 6]
+    # objective: −2.10, −2.30, −1.80; loss ratio: −1, −(1/1.1 + 1.3)/2, −(1.2/1.1 + 0.6)/2
+    assert alt["objective"]["step"] == 6 and alt["loss_ratio"]["step"] == 6
+    # Δ vs first: 0; (0.27/0.33 − 0.1)/2 = 0.36; (0.17/0.33 + 0.25)/2 = 0.38 -> step 6
+    assert alt["delta_first"]["step"] == 6
+    # ranks (1 = best): shape accuracy 3,1,2; size mae 2,3,1 -> means 2.5, 2, 1.5 -> step 6
+    assert alt["mean_rank"]["step"] == 6 and alt["mean_rank"]["val"] == {"shape": 0.50, "size": 1.5}
+    scores = ev.scores(tasks, ev.evaluations(tmp_path)[1], "delta_first")
+    assert scores == pytest.approx([0.0, ((0.60 - 0.33) / 0.33 - 0.1) / 2, ((0.50 - 0.33) / 0.33 + 0.25) / 2])
+
+
+def test_the_generated_shapes_are_balanced_and_seeded(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    ev = _benchmarks()
+    a = pd.read_csv(ev.make_shapes(tmp_path / "a", n=12))
+    b = pd.read_csv(ev.make_shapes(tmp_path / "b", n=12))
+    assert a.equals(b) and list(a["shape"].value_counts()) == [4, 4, 4]
+    assert a["size"].between(16 / 6, 16 / 2.5).all()
+    img = Image.open(tmp_path / "a" / a["path"][0])
+    assert img.size == (16, 16) and img.mode == "RGB"
