@@ -94,6 +94,23 @@ def test_digits_builtin():
     assert img.input_spec.kind == "image" and img.examples.inputs.shape[1:] == (1, 8, 8)
 
 
+@pytest.mark.parametrize("as_image", [False, True])
+def test_digits_with_some_targets_never_feeds_the_others_as_features(as_image):
+    """`value` is the digit and `parity`/`large` derive from it: unused, they are dropped, not inputs."""
+    from sklearn.datasets import load_digits
+
+    cfg = {"data": {"source": "digits", "as_image": as_image}, "tasks": [{"name": "digit", "kind": "categorical"}]}
+    data = build_data(validate_config(cfg)).data
+    assert data.task_names == ["digit"]
+    assert data.input_spec.shape == ((1, 8, 8) if as_image else (64,))
+    pixels = load_digits().data.astype(np.float32)
+    flat = data.examples.inputs.reshape(len(pixels), -1).numpy()
+    # every input column is a (standardised) pixel: its correlation with that pixel is 1 where it varies
+    varying = pixels.std(0) > 0
+    corr = [np.corrcoef(flat[:, j], pixels[:, j])[0, 1] for j in np.flatnonzero(varying)]
+    assert np.allclose(corr, 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_text_cells_are_stripped_and_na_markers_reinferred(tmp_path, fmt):
     from sharewise.config import DataConfig

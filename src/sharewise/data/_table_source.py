@@ -32,6 +32,9 @@ def build_digits(cfg: Config, opts: DigitsOptions) -> LoadedData:
     if cfg.data.id_col is None:
         cfg.data.id_col = info["id_col"]
     shape = info["image_shape"] if opts.as_image else None
-    data, _, prep = prepare_table(info["frame"](), cfg, source="digits (built-in)", input_shape=shape)
+    # the built-in's other targets derive from the label (`value` is the digit): never features
+    used = {t.column or t.name for t in cfg.tasks}
+    frame = info["frame"]().drop(columns=[c for c in info["tasks"] if c not in used])
+    data, _, prep = prepare_table(frame, cfg, source="digits (built-in)", input_shape=shape)
     return LoadedData(data, {"kind": "table", "builtin": "digits", "input_shape": list(shape) if shape else None,
                              **prep.to_dict()})
