@@ -32,6 +32,23 @@ def test_empty_split_is_an_error():
         stratified_split(np.array(["a"] * 5), [0.9, 0.05, 0.05], seed=0)
 
 
+def test_many_small_strata_still_fill_every_split():
+    """20 subjects in 5 quantile bins of 4: rounding each bin alone gives (3, 1, 0) per bin, an
+    empty test split; the split is then allocated over the whole set, each split spread over bins."""
+    strata = np.repeat(["q0", "q1", "q2", "q3", "q4"], 4)
+    split = stratified_split(strata, [0.7, 0.15, 0.15], seed=0)
+    assert {k: len(v) for k, v in split.items()} == {"train": 14, "val": 3, "test": 3}
+    assert len(np.unique(np.concatenate(list(split.values())))) == 20
+    for name in ("val", "test"):
+        assert len(set(strata[split[name]])) >= 2  # not one bin's rows
+    for k in split:
+        assert np.array_equal(split[k], stratified_split(strata, [0.7, 0.15, 0.15], seed=0)[k])
+    # strata large enough to fill every split alone keep the per-stratum allocation (recorded splits)
+    big = np.repeat(["a", "b"], [70, 30])
+    split = stratified_split(big, [0.7, 0.15, 0.15], seed=1)
+    assert [int(np.sum(big[split[k]] == "b")) for k in ("train", "val", "test")] == [21, 5, 4]
+
+
 def test_groups_stay_together():
     groups = np.repeat(np.arange(50), 4)
     s = stratified_split(np.zeros(200), [0.6, 0.2, 0.2], seed=0, groups=groups)

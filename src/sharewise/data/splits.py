@@ -68,6 +68,21 @@ def _allocate(count: int, ratios: Sequence[float]) -> list[int]:
     return alloc.tolist()
 
 
+def _sequence(counts: Sequence[int]) -> np.ndarray:
+    """Split indices for ``sum(counts)`` positions, spread evenly: position i goes to the split most
+    behind its share ``counts_k (i + 1) / n`` (ties: the first), so every stretch of positions, and so
+    every stratum laid out in a stretch, gets each split's share to within about one row."""
+    counts = np.asarray(counts, dtype=float)
+    n = int(counts.sum())
+    taken = np.zeros(len(counts))
+    out = np.empty(n, dtype=int)
+    for i in range(n):
+        k = int(np.argmax(counts * (i + 1) / n - taken))
+        out[i] = k
+        taken[k] += 1
+    return out
+
+
 def stratified_split(
     strata: np.ndarray, ratios: Sequence[float], seed: int, *, names: Sequence[str] = ("train", "val", "test"),
     groups: np.ndarray | None = None,
@@ -89,13 +104,19 @@ def stratified_split(
     else:
         assign = np.empty(n, dtype=int)
         strata = np.asarray(strata).astype(str)
+        shuffled = []
         for s in np.unique(strata):
             rows = np.flatnonzero(strata == s)
             rows = rows[rng.permutation(len(rows))]
+            shuffled.append(rows)
             pos = 0
             for k, c in enumerate(_allocate(len(rows), ratios)):
                 assign[rows[pos:pos + c]] = k
                 pos += c
+        if any(r > 0 and not (assign == k).any() for k, r in enumerate(ratios)):
+            # many small strata (e.g. quantile bins of 4 rows): rounding each one alone starves the
+            # small splits; allocate over the whole set instead, stratum after stratum
+            assign[np.concatenate(shuffled)] = _sequence(_allocate(n, ratios))
     out = {name: np.flatnonzero(assign == k) for k, name in enumerate(names)}
     for name, r in zip(names, ratios):
         if r > 0 and len(out[name]) == 0:
