@@ -1,0 +1,240 @@
+"""MRN and DMTRL layers: the properties of TAAN specification §4.4 and §4.5 (§8's minimum list)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sharewise.layers import (DMTRLConv2d, DMTRLLinear, MRNConv2d, MRNLinear, TaskConv2d, TaskLinear, single_task,
+                              tensor_normal_penalty)
+from sharewise.layers.mrn import official_precision
+
+
+def _spd(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return a @ a.T / n + 0.5 * torch.eye(n, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ task-weight layers
+
+
+def test_task_linear_is_independent_linears_for_every_call_form():
+    torch.manual_seed(0)
+    layer = TaskLinear(5, 4, 3, task_names=["a", "b", "c"])
+    x, xs = torch.randn(6, 5), torch.randn(6, 2, 5)
+    out = layer(x)
+    assert out.shape == (6, 3, 4)
+    for t in range(3):
+        torch.testing.assert_close(out[:, t], x @ layer.weight[t].T + layer.bias[t])
+    torch.testing.assert_close(layer(x, task="b"), out[:, 1])
+    with single_task(2):
+        torch.testing.assert_close(layer(x), out[:, 2])
+    sub = layer(xs, task=[2, 0])  # per-task columns, in the order asked
+    torch.testing.assert_close(sub[:, 0], xs[:, 0] @ layer.weight[2].T + layer.bias[2])
+    torch.testing.assert_close(sub[:, 1], xs[:, 1] @ layer.weight[0].T + layer.bias[0])
+    with pytest.raises(ValueError, match="per-task input"):
+        layer(xs)
+
+
+def test_task_conv_is_independent_convs():
+    torch.manual_seed(0)
+    layer = TaskConv2d(2, 3, 3, 2, padding=1)
+    x = torch.randn(4, 2, 6, 6)
+    out = layer(x)
+    for t in range(2):
+        expected = torch.nn.functional.conv2d(x, layer.weight[t].view(3, 2, 3, 3), layer.bias[t], padding=1)
+        torch.testing.assert_close(out[:, t], expected)
+    xs = torch.randn(4, 2, 2, 6, 6)
+    stacked = layer(xs)
+    torch.testing.assert_close(stacked[:, 1], torch.nn.functional.conv2d(xs[:, 1], layer.weight[1].view(3, 2, 3, 3),
+                                                                         layer.bias[1], padding=1))
+
+
+# ------------------------------------------------------------------ MRN
+
+
+def test_mrn_penalty_is_the_vectorised_kronecker_formula():
+    torch.manual_seed(1)
+    layer = MRNLinear(4, 3, 2).double()
+    assert torch.allclose(layer.penalty(), layer.weight.square().sum())  # identity precisions: ‖𝒲‖²_F
+    omegas = [_spd(2, 1), _spd(3, 2), _spd(4, 3)]
+    for buf, om in zip(layer.precisions(), omegas):
+        buf.copy_(om)
+    layer._identity = {k: False for k in layer._identity}
+    vec = layer.weight.detach().reshape(-1)  # row-major (t, o, i): the Kronecker order Ω_T ⊗ Ω_out ⊗ Ω_in
+    expected = vec @ torch.kron(omegas[0], torch.kron(omegas[1], omegas[2])) @ vec
+    assert torch.allclose(layer.penalty(), expected)
+    assert torch.allclose(layer.regularization(0.25), 0.25 * expected)
+    # the same with loops over the definition Σ 𝒲[t,o,i] Ω_T[t,t'] Ω_out[o,o'] Ω_in[i,i'] 𝒲[t',o',i']
+    w = layer.weight.detach().numpy()
+    a, b, c = (om.numpy() for om in omegas)
+    loops = np.einsum("toi,ts,op,ij,spj->", w, a, b, c, w)
+    assert layer.penalty().item() == pytest.approx(loops, rel=1e-10)
+    assert tensor_normal_penalty(layer.weight, [None, None, None]).item() == pytest.approx((w ** 2).sum())
+
+
+def _direct_official(w: np.ndarray, mode: int, omegas: list[np.ndarray]) -> np.ndarray:
+    """Σ̂_k from the mode-k unfolding and the Kronecker product of the other two precisions, then
+    the official transform, all in numpy."""
+    unfolding = np.moveaxis(w, mode, 0).reshape(w.shape[mode], -1)
+    others = [om for k, om in enumerate(omegas) if k != mode]
+    scatter = unfolding @ np.kron(others[0], others[1]) @ unfolding.T + 1e-5 * np.eye(w.shape[mode])
+    s, u = np.linalg.eigh(scatter)
+    s = np.where(s > 0.1, 1 / s, s)
+    omega = u @ np.diag(s) @ u.T
+    return omega * 3000 / np.trace(omega) if np.trace(omega) > 3000 else omega
+
+
+def test_mrn_default_update_changes_only_the_task_precision_as_the_formula():
+    torch.manual_seed(2)
+    layer = MRNLinear(4, 3, 3).double()
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # scatter eigenvalues above the 0.1 threshold and below it
+    w = layer.weight.detach().numpy().copy()
+    eye = [np.eye(n) for n in (3, 3, 4)]
+    new = layer.update_precisions()
+    assert list(new) == ["task"]
+    np.testing.assert_allclose(layer.omega_task.numpy(), _direct_official(w, 0, eye), rtol=1e-9, atol=1e-12)
+    assert torch.equal(layer.omega_output, torch.eye(3, dtype=torch.float64))
+    assert torch.equal(layer.omega_input, torch.eye(4, dtype=torch.float64))
+    assert not torch.allclose(layer.omega_task, torch.eye(3, dtype=torch.float64))
+    # the penalty now uses Ω_T
+    vec = layer.weight.detach().reshape(-1)
+    expected = vec @ torch.kron(layer.omega_task, torch.eye(12, dtype=torch.float64)) @ vec
+    assert torch.allclose(layer.penalty(), expected)
+
+
+@pytest.mark.parametrize("order", ["sequential", "simultaneous"])
+def test_mrn_update_of_all_three_modes_in_order(order):
+    torch.manual_seed(3)
+    layer = MRNLinear(4, 3, 2, update_output=True, update_input=True, update_order=order).double()
+    w = layer.weight.detach().numpy().copy()
+    omegas = [np.eye(2), np.eye(3), np.eye(4)]
+    before = [om.copy() for om in omegas]
+    for mode in range(3):
+        estimate = _direct_official(w, mode, omegas if order == "sequential" else before)
+        omegas[mode] = before[mode] + 0.0003 * estimate if mode == 2 else estimate  # Ω_in additive
+    layer.update_precisions()
+    for got, want in zip(layer.precisions(), omegas):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+    if order == "sequential":  # Ω_out used the new Ω_T: not what the pre-update one gives
+        assert not np.allclose(omegas[1], _direct_official(w, 1, before))
+
+
+def test_mrn_mle_rule_and_trace_cap():
+    torch.manual_seed(4)
+    layer = MRNLinear(4, 3, 3, rule="mle").double()
+    w = layer.weight.detach().numpy().copy()
+    layer.update_precisions()
+    unfolding = w.reshape(3, -1)
+    expected = np.linalg.inv(unfolding @ unfolding.T / 12 + 1e-5 * np.eye(3))
+    np.testing.assert_allclose(layer.omega_task.numpy(), expected, rtol=1e-8)
+    # 400 eigenvalues 0.11 → precision trace 400/0.11 = 3636 > 3000: scaled to 3000
+    capped = official_precision(torch.eye(400, dtype=torch.float64) * (0.11 - 1e-5))
+    assert torch.trace(capped).item() == pytest.approx(3000.0)
+    torch.testing.assert_close(capped, torch.eye(400, dtype=torch.float64) * 7.5)
+    kept = official_precision(torch.diag(torch.tensor([0.05, 2.0], dtype=torch.float64)))  # s ≤ 0.1 kept as is
+    torch.testing.assert_close(torch.diagonal(kept), torch.tensor([0.05 + 1e-5, 1 / (2.0 + 1e-5)], dtype=torch.float64))
+
+
+def test_mrn_with_c_zero_equals_the_unregularised_layer():
+    x = torch.randn(5, 4)
+    grads = []
+    for make in (lambda: TaskLinear(4, 3, 2), lambda: MRNLinear(4, 3, 2)):
+        torch.manual_seed(5)
+        layer = make()
+        loss = layer(x).square().sum() + layer.regularization(0.0)
+        loss.backward()
+        grads.append((layer(x).detach(), layer.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=0)
+    torch.manual_seed(5)
+    layer = MRNLinear(4, 3, 2)
+    (layer(x).square().sum() + layer.regularization(0.5)).backward()
+    torch.testing.assert_close(layer.weight.grad, grads[1][1] + 0.5 * 2 * layer.weight.detach())  # ∂‖𝒲‖²_F = 2𝒲
+
+
+def test_mrn_conv_prior_on_the_flattened_kernels_and_state_round_trip():
+    torch.manual_seed(6)
+    layer = MRNConv2d(2, 3, 3, 2, padding=1)
+    assert layer.omega_input.shape == (18, 18) and layer.weight.shape == (2, 3, 18)
+    layer.update_precisions()
+    copy = MRNConv2d(2, 3, 3, 2, padding=1)
+    copy.load_state_dict(layer.state_dict())
+    assert copy._identity["task"] is False and copy._identity["input"] is True
+    torch.testing.assert_close(copy.penalty(), layer.penalty())
+
+
+# ------------------------------------------------------------------ DMTRL
+
+
+def _formula(layer: DMTRLLinear) -> torch.Tensor:
+    """𝒲 (d_in, d_out, T) from the factors by the definitions of §4.5, in one expression each."""
+    rows = layer.task_factor.value
+    if layer.method == "tucker":
+        return torch.einsum("abc,ia,jb,tc->ijt", layer.core, layer.u1, layer.u2, rows)
+    if layer.method == "tt":
+        return torch.einsum("ia,ajb,tb->ijt", layer.g1, layer.g2, rows)
+    return (layer.u @ rows.T).view(layer.fan_in, layer.out_features, layer.num_tasks)
+
+
+@pytest.mark.parametrize("method", ["tucker", "tt", "laf"])
+def test_dmtrl_computes_its_dense_tensor(method):
+    torch.manual_seed(7)
+    layer = DMTRLLinear(6, 5, 3, method, ranks={"tucker": [3, 2, 2], "tt": [3, 2], "laf": [2]}[method])
+    dense = _formula(layer)
+    torch.testing.assert_close(layer.dense(), dense)
+    x = torch.randn(4, 6)
+    out = layer(x)
+    for t in range(3):
+        torch.testing.assert_close(out[:, t], x @ dense[:, :, t] + layer.biases.value[t])
+        torch.testing.assert_close(layer(x, task=t), out[:, t])
+    torch.testing.assert_close(layer.dense([2, 0]), dense[:, :, [2, 0]])
+    assert float(layer.regularization(1.0)) == 0.0
+
+
+@pytest.mark.parametrize("method", ["tucker", "tt", "laf"])
+def test_dmtrl_full_rank_stl_initialisation_equals_the_stl_layer(method):
+    torch.manual_seed(8)
+    stl = TaskLinear(6, 5, 3).double()
+    layer = DMTRLLinear.from_weights(stl.weight, stl.bias, method, eps=0.0)
+    assert layer.ranks == {"tucker": [6, 5, 3], "tt": [6, 3], "laf": [3]}[method]
+    torch.testing.assert_close(layer.dense(), stl.weight.detach().permute(2, 1, 0))
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), stl(x))
+
+
+def test_dmtrl_rank_rule_keeps_singular_values_above_eps_times_the_largest():
+    g = torch.Generator().manual_seed(9)
+    # task weights spanning two directions: tasks 2 and 3 are combinations of tasks 0 and 1
+    base = torch.randn(2, 4, 6, generator=g, dtype=torch.float64)
+    weight = torch.stack([base[0], base[1], base[0] + base[1], 2 * base[0] - base[1]])
+    for method, rank_index in (("tucker", 2), ("tt", 1), ("laf", 0)):
+        layer = DMTRLLinear.from_weights(weight, None, method, eps=1e-6)
+        assert layer.ranks[rank_index] == 2, (method, layer.ranks)
+        torch.testing.assert_close(layer.dense(), weight.permute(2, 1, 0))  # exact: the dropped values are 0
+    s = torch.linalg.svdvals(weight.permute(2, 1, 0).reshape(-1, 4))
+    laf = DMTRLLinear.from_weights(weight, None, "laf", eps=float(s[1] / s[0]) + 1e-9)
+    assert laf.ranks == [1]  # only s_1 > ε s_1 left
+    assert DMTRLLinear.from_weights(weight, None, "tucker", ranks=[2, 3, 1]).ranks == [2, 3, 1]
+
+
+def test_dmtrl_conv_from_stl_kernels_equals_the_stl_convs():
+    torch.manual_seed(10)
+    stl = TaskConv2d(2, 3, 3, 2, padding=1).double()
+    layer = DMTRLConv2d.from_weights(stl.weight, stl.bias, "tucker", eps=0.0, in_features=2, kernel_size=3, padding=1)
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), stl(x))
+    assert isinstance(layer, DMTRLConv2d) and layer.ranks[0] == 6  # 𝒲 (18, 3, 2): mode-1 rank ≤ 3·2
+
+
+def test_dmtrl_random_initialisation_uses_the_explicit_ranks():
+    torch.manual_seed(11)
+    layer = DMTRLLinear(40, 40, 4, "tucker")
+    assert layer.ranks == [32, 32, 4]
+    assert DMTRLLinear(40, 40, 4, "tt").ranks == [32, 4] and DMTRLLinear(40, 40, 4, "laf").ranks == [4]  # k ≤ T
+    assert 0.001 < layer.dense().std().item() < 0.01  # 0.01·N(0, 1) noise projected on 32×32×4 of 40×40×4
+    with pytest.raises(ValueError, match="ranks must be 3"):
+        DMTRLLinear(4, 4, 2, "tucker", ranks=[2, 2])
