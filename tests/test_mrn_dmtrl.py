@@ -238,3 +238,130 @@ def test_dmtrl_random_initialisation_uses_the_explicit_ranks():
     assert 0.001 < layer.dense().std().item() < 0.01  # 0.01·N(0, 1) noise projected on 32×32×4 of 40×40×4
     with pytest.raises(ValueError, match="ranks must be 3"):
         DMTRLLinear(4, 4, 2, "tucker", ranks=[2, 2])
+
+
+# ------------------------------------------------------------------ the methods
+
+
+def _tasks(classes=(3, 2, 4)):
+    from sharewise.tasks import Task
+
+    return [Task(f"t{i}", "multilabel", classes=list(range(c))) for i, c in enumerate(classes)]
+
+
+def test_dmtrl_model_from_full_rank_single_task_networks_equals_them():
+    from sharewise.methods.dmtrl import DMTRLModel, DMTRLOptions, SingleTaskModel
+
+    torch.manual_seed(12)
+    for trunk, shape in (("mlp", (7,)), ("conv", (2, 6, 6))):
+        opts = DMTRLOptions(widths=[5, 4], trunk=trunk, eps=0.0)
+        stl = SingleTaskModel(shape[0], _tasks(), opts).double().eval()
+        model = DMTRLModel.from_single_task(stl, opts).eval()
+        x = torch.randn(3, *shape, dtype=torch.float64)
+        want, got = stl(x), model(x)
+        assert all(torch.allclose(want[t], got[t]) for t in want), trunk
+        assert model.ranks()[1] == ([5, 4, 3] if trunk == "mlp" else [12, 4, 3])  # conv mode 1: min(5·3·3, 4·3)
+    # the default precision rule truncates: fewer factor elements than at full rank
+    small = DMTRLModel.from_single_task(stl, DMTRLOptions(widths=[5, 4], trunk="conv", eps=0.5))
+    assert sum(p.numel() for p in small.columns.parameters()) < sum(p.numel() for p in model.columns.parameters())
+
+
+@pytest.mark.parametrize("name", ["mrn", "dmtrl"])
+def test_whole_batch_hook_equals_one_call_per_task(name):
+    from sharewise.methods.dmtrl import DMTRLModel, DMTRLOptions
+    from sharewise.methods.mrn import MRNModel, MRNOptions
+
+    torch.manual_seed(13)
+    model = (MRNModel(7, _tasks(), MRNOptions(widths=[6, 5], shared_layers=1)) if name == "mrn"
+             else DMTRLModel(7, _tasks(), DMTRLOptions(widths=[6, 5], init="random", ranks=[3, 3, 2])))
+    batches = {t.name: torch.randn(n, 7) for t, n in zip(model.tasks, (5, 3, 4))}
+    per_task = {t: model(x, tasks=[t])[t] for t, x in batches.items()}
+    whole = model.forward_all_tasks(batches)
+    assert all(torch.allclose(per_task[t], whole[t], atol=1e-6) for t in batches)
+
+
+def test_mrn_c_zero_equals_unregularised_and_aux_is_the_layers_sum():
+    from sharewise.methods.mrn import MRNModel, MRNOptions
+
+    x = torch.randn(4, 7)
+    grads = []
+    for c in (0.0, 0.5):
+        torch.manual_seed(14)
+        model = MRNModel(7, _tasks(), MRNOptions(widths=[6, 5], c=c))
+        aux = model.aux_losses()
+        (sum(o.square().sum() for o in model(x).values()) + sum(aux.values())).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        if c:
+            expected = 0.5 * sum(layer.weight.square().sum() for layer in model.columns)  # identity precisions
+            assert torch.allclose(aux["mrn_prior"], expected)
+        else:
+            assert aux == {}
+    heads = [k for k in grads[0] if k.startswith("heads")]
+    assert all(torch.equal(grads[0][k], grads[1][k]) for k in heads)
+    assert all(not torch.equal(grads[0][k], grads[1][k]) for k in grads[0] if k.endswith("weight") and "columns" in k)
+
+
+def test_mrn_precisions_change_during_training_through_the_hook(tmp_path):
+    """A run through the engine: the task precisions leave the identity at the update steps and
+    not between them (``update_interval``), and the checkpoint holds them."""
+    import json
+
+    from sharewise import fit
+    from sharewise.engine.checkpoint import load_checkpoint
+    from sharewise.methods import mrn as mrn_mod
+    from test_images import make_idx
+
+    calls = []
+    original = mrn_mod.MRNModel.update_precisions
+
+    def counting(self):
+        calls.append(1)
+        return original(self)
+
+    mrn_mod.MRNModel.update_precisions = counting
+    try:
+        path = make_idx(tmp_path / "idx", n_train=60, n_test=20)
+        run = fit({"data": {"path": str(path), "task_views": {"upright": {}, "turned": {"rot90": 1}}},
+                   "method": {"name": "mrn", "widths": [8, 8], "update_interval": 3, "c": 0.01},
+                   "train": {"epochs": 1, "max_steps": 7, "batch_size": 8, "threads": 1, "progress": False},
+                   "output": {"dir": str(tmp_path / "run"), "tensorboard": False}})
+    finally:
+        mrn_mod.MRNModel.update_precisions = original
+    assert len(calls) == 2  # steps 3 and 6 of 7
+    from pathlib import Path
+
+    state = load_checkpoint(Path(run.path) / "checkpoints/train/last.pt")["model"]
+    for k in ("columns.0.omega_task", "columns.1.omega_task"):
+        assert not torch.allclose(state[k], torch.eye(2)), k
+    assert torch.equal(state["columns.0.omega_output"], torch.eye(8))
+    results = json.loads((Path(run.path) / "results.json").read_text())
+    layer = results["mrn_layers"][0]
+    np.testing.assert_allclose(np.diag(layer["task_correlation"]), 1.0)
+    assert layer["omega_task"] != [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_dmtrl_pretrains_single_task_networks_then_trains_the_factorisation(tmp_path):
+    import json
+    from pathlib import Path
+
+    from sharewise import fit
+    from sharewise.engine.checkpoint import load_checkpoint
+    from test_images import make_idx
+
+    path = make_idx(tmp_path / "idx", n_train=60, n_test=20)
+    run = fit({"data": {"path": str(path), "task_views": {"upright": {}, "turned": {"rot90": 1}}},
+               "method": {"name": "dmtrl", "widths": [8, 8], "factorization": "tt", "eps": 0.0},
+               "train": {"epochs": 1, "max_steps": 4, "batch_size": 8, "threads": 1, "progress": False},
+               "output": {"dir": str(tmp_path / "run"), "tensorboard": False}})
+    root = Path(run.path)
+    stl = load_checkpoint(root / "checkpoints/stl_pretrain/best.pt")["model"]
+    selection = json.loads((root / "selection.json").read_text())
+    assert [p["phase"] for p in selection["phases"]] == ["stl_pretrain", "train"]
+    ranks = selection["candidates"][0]["info"]["ranks"]
+    assert ranks == [[min(784, 16), 2], [8, 2]]  # full TT ranks (eps 0): r1 = min(d_in, d_out·T), r2 = T
+    results = json.loads((root / "results.json").read_text())
+    assert results["dmtrl"]["ranks"] == ranks
+    # the factorised model's first state is the single-task networks' (full ranks): the heads equal
+    init = load_checkpoint(root / "checkpoints/train/last.pt")["model"]
+    assert init["heads.upright.weight"].shape == stl["heads.upright.weight"].shape
+    assert "columns.0.g2" in init and "columns.0.weight" in stl
