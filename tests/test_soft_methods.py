@@ -1,4 +1,4 @@
-"""The soft-sharing methods (taan, cross_stitch, mmoe, soft_order): properties beyond their layers,
+"""The soft-sharing methods (taan, cross_stitch, mmoe, soft_order; mrn and dmtrl on conv trunks): properties beyond their layers,
 the whole-batch hook for per-task data, and the published Youtube-8M models' parameter counts."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sharewise.methods.cross_stitch import CrossStitchModel, CrossStitchOptions
+from sharewise.methods.dmtrl import DMTRLModel, DMTRLOptions, SingleTaskModel
 from sharewise.methods.mmoe import MMoEModel, MMoEOptions
+from sharewise.methods.mrn import MRNModel, MRNOptions
 from sharewise.methods.soft_order import SoftOrderModel, SoftOrderOptions
 from sharewise.methods.taan import TAANModel, TAANOptions
 from sharewise.tasks import Task
@@ -299,10 +301,14 @@ def _conv_models():
         "soft_order": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3])),
         "soft_order_task_encoders": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3],
                                                                                     encoder="task_specific")),
+        "mrn": MRNModel(IMAGE[0], tasks, MRNOptions(**conv, shared_layers=1)),
+        "dmtrl": DMTRLModel.from_single_task(SingleTaskModel(IMAGE[0], tasks, DMTRLOptions(**conv)),
+                                             DMTRLOptions(**conv, eps=0.3)),
     }
 
 
-@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order", "soft_order_task_encoders"])
+@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order", "soft_order_task_encoders", "mrn",
+                                  "dmtrl"])
 def test_conv_trunks_keep_the_cost_contract(name):
     """On image inputs (``trunk: conv``): output shapes, one task's call = its part of the all-task
     call, the path parameters are exactly what a task's output reaches, and the FLOPs order."""
@@ -329,7 +335,7 @@ def test_conv_trunks_keep_the_cost_contract(name):
     assert max(flops["per_task"].values()) <= flops["all_tasks"] <= flops["naive"]
 
 
-@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order", "soft_order_task_encoders"])
+@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order", "soft_order_task_encoders", "mrn", "dmtrl"])
 def test_conv_whole_batch_hook_equals_one_call_per_task(name):
     model = _conv_models()[name].train()
     batches = {t.name: torch.randn(4, *IMAGE) for t in model.tasks}
@@ -349,7 +355,7 @@ def test_conv_trunk_needs_images():
         check_trunk(TAANOptions(trunk="conv"), InputSpec("vector", (5,)))
 
 
-@pytest.mark.parametrize("method", ["taan", "cross_stitch"])
+@pytest.mark.parametrize("method", ["taan", "cross_stitch", "mrn", "dmtrl"])
 def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
     import json
     from pathlib import Path
