@@ -371,3 +371,39 @@ def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
     results = json.loads((Path(run.path) / "results.json").read_text())
     assert set(results["tasks"]) == {"upright", "turned"}
     assert all("accuracy" in entry["test"] for entry in results["tasks"].values())
+
+
+def test_taan_omniglot50_network_as_published():
+    """§6: 4 valid 3×3 TAL convolutions (BN) with 2×2 pools, 105→…→4, flattened 1 024 → TALLinear
+    512 → heads N(0, 0.01²); 1 382 995 parameters with 1 623 classes over 50 tasks; the trunk,
+    α and β included, at optim.backbone_lr, the heads at optim.lr."""
+    from sharewise.config import validate_config
+    from sharewise.methods.taan import TAAN
+
+    sizes = [32] * 50
+    sizes[0] += 1623 - sum(sizes)
+    tasks = [Task(f"a{i}", "categorical", classes=list(range(c))) for i, c in enumerate(sizes)]
+    opts = TAANOptions(trunk="conv", widths=[6, 12, 24, 64], padding="valid", fc_widths=[512], num_basis=32,
+                       head_init_std=0.01)
+    torch.manual_seed(0)
+    model = TAANModel(1, tasks, opts, input_shape=(1, 105, 105))
+    assert sum(p.numel() for p in model.parameters()) == 1_382_995
+    assert model.layers[4].linear.in_features == 64 * 4 * 4 and len(model.layers) == 5
+    assert sum(p.numel() for layer in model.layers for p in (layer.alpha, layer.beta)) == 8_160
+    head = model.heads["a0"]
+    assert torch.count_nonzero(head.bias) == 0 and 0.008 < head.weight.std().item() < 0.012
+    small = TAANModel(1, tasks[:2], TAANOptions(trunk="conv", widths=[2, 3], padding="valid", fc_widths=[4],
+                                               num_basis=2), input_shape=(1, 12, 12))
+    x = {t.name: torch.rand(3, 1, 12, 12) for t in tasks[:2]}  # 12→10→5→3→1: 3 features flattened
+    out = small.forward_all_tasks(x)
+    assert out["a0"].shape == (3, sizes[0]) and small.layers[2].linear.in_features == 3
+    with torch.no_grad():
+        small.eval()
+        assert torch.allclose(small.forward_all_tasks(x)["a1"], small(x["a1"], tasks=["a1"])["a1"], atol=1e-6)
+    cfg = validate_config({"data": {"path": "x"}, "method": {"name": "taan"},
+                           "optim": {"lr": 5e-4, "backbone_lr": 1e-5}})
+    spec = TAAN(opts, cfg).optim(model)
+    assert spec.lrs == {"backbone": 1e-5, "activations": 1e-5, "heads": 5e-4}
+    with pytest.raises(Exception, match="leave no pixel"):
+        TAANModel(1, tasks, TAANOptions(trunk="conv", widths=[4] * 8, padding="valid", fc_widths=[8]),
+                  input_shape=(1, 28, 28))
