@@ -103,7 +103,11 @@ YT8M_VARIANTS = {"hard": ("yt8m_hard", ()), "independent": ("yt8m_independent", 
                     for r in ("none", "distance", "cosine", "l21", "nuclear")},
                  "cross_stitch": ("yt8m_cross_stitch", ()), "mmoe": ("yt8m_mmoe", ()), "soft_order": ("yt8m_soft_order", ()),
                  "mrn": ("yt8m_mrn", ()),
-                 **{f"dmtrl-{f}": ("yt8m_dmtrl", ("--set", f"method.factorization={f}")) for f in ("tucker", "tt", "laf")}}
+                 **{f"dmtrl-{f}": ("yt8m_dmtrl", ("--set", f"method.factorization={f}")) for f in ("tucker", "tt", "laf")},
+                 # DMTRL with explicit ranks that compress (the ε = 0.1 rule keeps every singular value of
+                 # these single-task weights): Tucker (32, 32, 8) and the reference's LAF rank k = 5
+                 "dmtrl-tucker-r32": ("yt8m_dmtrl", ("--set", "method.ranks=[32,32,8]")),
+                 "dmtrl-laf-k5": ("yt8m_dmtrl", ("--set", "method.factorization=laf", "--set", "method.ranks=[5]"))}
 
 
 def yt8m(seeds=(0, 1, 2)) -> list[Run]:
