@@ -12,9 +12,11 @@ zip of the same set). ``data.path`` is the folder holding them, or one zip or se
   Omniglot experiment, in the prior work's order (parameter-allocation spec §7.2; 668 characters);
 - ``taan``: all 50 alphabets, the 30 background ones then the 20 evaluation ones, each
   alphabetically. The TAAN experiment (TAAN spec §6) uses all 50 (official ``images_background``
-  + ``images_evaluation``) and states no order; this one is ours (it changes task indices and
-  names only: TAAN treats the tasks symmetrically, and the split seeds use each alphabet's index
-  among the sorted names, not its position here);
+  + ``images_evaluation``) and states no order; the reference took ``os.listdir`` of one folder
+  holding all 50 (file-system order, undefined), so this order is ours (it changes task indices
+  and names only: TAAN treats the tasks symmetrically, and the split seeds use each alphabet's
+  index among the sorted names, not its position here). Classes are the characters in the order
+  of their folder number, as the reference's labels (``characterNN`` → NN − 1);
 - ``all`` (default): every alphabet found, the official ones in the ``taan`` order, then any
   other (a home-made set in the same layout) alphabetically;
 - ``background`` / ``evaluation``: the 30 or 20 alphabets of one set, alphabetically.
