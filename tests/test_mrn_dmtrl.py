@@ -365,3 +365,18 @@ def test_dmtrl_pretrains_single_task_networks_then_trains_the_factorisation(tmp_
     init = load_checkpoint(root / "checkpoints/train/last.pt")["model"]
     assert init["heads.upright.weight"].shape == stl["heads.upright.weight"].shape
     assert "columns.0.g2" in init and "columns.0.weight" in stl
+
+
+@pytest.mark.parametrize("method", ["tucker", "tt", "laf"])
+def test_dmtrl_decomposition_is_stable_to_rounding(method):
+    """Weights equal up to rounding (e.g. one process against two) give factors equal up to
+    rounding: the singular vectors' signs are fixed, not left to the solver."""
+    torch.manual_seed(15)
+    w = torch.randn(3, 4, 6, dtype=torch.float64)
+    a = DMTRLLinear.from_weights(w, None, method, eps=0.0)
+    b = DMTRLLinear.from_weights(w + 1e-9 * torch.randn_like(w), None, method, eps=0.0)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    for name, p in a.named_parameters():  # the largest entry of every column of a left factor is positive
+        if name in ("u1", "u2", "g1", "u"):
+            assert (p.gather(0, p.abs().argmax(0, keepdim=True)) > 0).all(), name

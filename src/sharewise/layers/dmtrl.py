@@ -61,8 +61,13 @@ def _check_ranks(method: str, ranks: Sequence[int] | None, eps: float | None) ->
 
 
 def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD in float64 with each singular pair's sign fixed (the largest-magnitude entry of the
+    left vector positive): weights that differ by rounding give factors that differ by rounding,
+    not by sign flips of whole columns."""
     u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
-    return u, s, vh
+    signs = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True))).squeeze(0)
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return u * signs, s, vh * signs[:, None]
 
 
 def tucker_decompose(w: torch.Tensor, ranks: Sequence[int] | None = None, eps: float | None = None
