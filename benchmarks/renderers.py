@@ -627,6 +627,19 @@ YT8M_METRICS = (("gap_at_20", "GAP@20"), ("map_at_10", "mAP@10"), ("hit_at_1", "
 YT8M_SEEDS = (0, 1, 2)
 
 
+def _yt8m_records(runs_root: Path, name: str) -> list[dict]:
+    """The records of ``name`` for seeds 0, 1, 2; the rows added with MRN and DMTRL may have fewer
+    (the leading seeds), the others must have all three."""
+    if name not in YT8M_MRN_DMTRL:
+        return [_record(runs_root, "yt8m", f"{name}-seed{s}") for s in YT8M_SEEDS]
+    recs = []
+    for s in YT8M_SEEDS:
+        if not (Path(runs_root) / "yt8m" / f"{name}-seed{s}.json").exists() and recs:
+            break
+        recs.append(_record(runs_root, "yt8m", f"{name}-seed{s}"))
+    return recs
+
+
 def _task_mean(figures: dict[str, float], metric: str) -> float:
     values = [v for k, v in figures.items() if k.endswith("." + metric) and not k.startswith("candidates.")]
     return statistics.mean(values)
@@ -637,7 +650,9 @@ def yt8m_table(runs_root: Path) -> str:
     rows = ["| method | " + " | ".join(f"{label} (mean over tasks) ↑" for _, label in YT8M_METRICS)
             + " | parameters | FLOPs / example, all tasks | wall per run |", "|---" * (len(YT8M_METRICS) + 4) + "|"]
     for name, label in YT8M_ROWS:
-        recs = [_record(runs_root, "yt8m", f"{name}-seed{s}") for s in YT8M_SEEDS]
+        recs = _yt8m_records(runs_root, name)
+        if len(recs) < len(YT8M_SEEDS):
+            label += f" (seed{'s' if len(recs) > 1 else ''} {', '.join(str(s) for s in YT8M_SEEDS[:len(recs)])} only)"
         cells = [mean_sd([_task_mean(r["figures"], m) for r in recs], 4) for m, _ in YT8M_METRICS]
         f = recs[0]["figures"]
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {grouped(f['parameters'])} | {_mflops(f['flops'])} | {_walls(recs)} |")
@@ -672,19 +687,22 @@ YT8M_MRN_DMTRL = ("mrn", "dmtrl-tucker", "dmtrl-tucker-r32", "dmtrl-laf-k5")
 @register("yt8m-mrn-dmtrl", "benchmarks/results/runs/yt8m/{mrn,dmtrl-*}-seed{0,1,2}.json")
 def yt8m_mrn_dmtrl(runs_root: Path) -> str:
     rows = ["| method | ranks per layer (seed 0) | trunk parameters | all parameters | MRN: mean \|task correlation\| "
-            "implied by Ω_T, layers 1 / 2 / 3 | CPU time per run | wall per run |", "|---" * 7 + "|"]
+            "implied by Ω_T, layers 1 / 2 / 3 | MRN: trace of Ω_T (identity: 16) | CPU time per run | wall per run |",
+            "|---" * 8 + "|"]
     labels = dict(YT8M_ROWS)
     for name in YT8M_MRN_DMTRL:
-        recs = [_record(runs_root, "yt8m", f"{name}-seed{s}") for s in YT8M_SEEDS]
+        recs = _yt8m_records(runs_root, name)
         f = recs[0]["figures"]
-        ranks = recs[0].get("extra", {}).get("dmtrl_ranks")
+        ranks = recs[0].get("dmtrl_ranks")
         rank_text = " / ".join("(" + ", ".join(map(str, r)) + ")" for r in ranks) if ranks else "–"
-        corr = "–"
+        corr = trace = "–"
         if "mrn.layer0.mean_abs_task_correlation" in f:
             corr = " / ".join(mean_sd([r["figures"][f"mrn.layer{k}.mean_abs_task_correlation"] for r in recs], 4)
                               for k in range(3))
+            trace = " / ".join(mean_sd([r["figures"][f"mrn.layer{k}.omega_task_trace"] for r in recs], 3)
+                               for k in range(3))
         rows.append(f"| {labels[name]} | {rank_text} | {grouped(f['parameters.backbone'])} | {grouped(f['parameters'])} "
-                    f"| {corr} | {_cpu(recs)} | {_walls(recs)} |")
+                    f"| {corr} | {trace} | {_cpu(recs)} | {_walls(recs)} |")
     return "\n".join(rows)
 
 
@@ -706,7 +724,7 @@ def omniglot50_table(runs_root: Path) -> str:
         per_task = statistics.mean(v for k, v in f.items() if k.endswith(".accuracy") and not k.startswith("candidates."))
         rows.append(f"| `{name}` | {c if name == 'none' else '0.3'} | {100 * f['pooled_accuracy']:.2f} % "
                     f"| {100 * f['pooled_accuracy.val']:.2f} % | {100 * per_task:.2f} % "
-                    f"| {rec.get('extra', {}).get('selected_step', '–')} | {_cpu([rec])} "
+                    f"| {rec.get('selected_step', '–')} | {_cpu([rec])} "
                     f"| {mean:.2f} ± {sd:.2f} % (c = {c}) |")
     return "\n".join(rows)
 
