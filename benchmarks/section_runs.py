@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -100,12 +101,29 @@ def adashare_task_bn(seeds=(1, 2)) -> list[Run]:
 YT8M_VARIANTS = {"hard": ("yt8m_hard", ()), "independent": ("yt8m_independent", ()),
                  **{f"taan-{r}": ("yt8m_taan", ("--set", f"method.regularizer={r}"))
                     for r in ("none", "distance", "cosine", "l21", "nuclear")},
-                 "cross_stitch": ("yt8m_cross_stitch", ()), "mmoe": ("yt8m_mmoe", ()), "soft_order": ("yt8m_soft_order", ())}
+                 "cross_stitch": ("yt8m_cross_stitch", ()), "mmoe": ("yt8m_mmoe", ()), "soft_order": ("yt8m_soft_order", ()),
+                 "mrn": ("yt8m_mrn", ()),
+                 **{f"dmtrl-{f}": ("yt8m_dmtrl", ("--set", f"method.factorization={f}")) for f in ("tucker", "tt", "laf")},
+                 # DMTRL with explicit ranks that compress (the ε = 0.1 rule keeps every singular value of
+                 # these single-task weights): Tucker (32, 32, 8) and the reference's LAF rank k = 5
+                 "dmtrl-tucker-r32": ("yt8m_dmtrl", ("--set", "method.ranks=[32,32,8]")),
+                 "dmtrl-laf-k5": ("yt8m_dmtrl", ("--set", "method.factorization=laf", "--set", "method.ranks=[5]"))}
 
 
 def yt8m(seeds=(0, 1, 2)) -> list[Run]:
     return [_run("yt8m", f"{name}-seed{seed}", f"configs/taan/{config}.yaml", seed, *extra)
             for seed in seeds for name, (config, extra) in YT8M_VARIANTS.items()]
+
+
+# Omniglot, 50 alphabets (TAAN specification §6): TAAN's set-up reduced for 2 CPU cores (200 steps
+# instead of 15 000, configs/taan/omniglot50_cpu.yaml), no regulariser and `distance` at the
+# published best c = 0.3, selected on pooled validation accuracy
+OMNIGLOT50_VARIANTS = {"none": (), "distance": ("--set", "method.regularizer=distance", "--set", "method.c=0.3")}
+
+
+def omniglot50(seeds=(0,)) -> list[Run]:
+    return [_run("omniglot50", f"{name}-seed{seed}", "configs/taan/omniglot50_cpu.yaml", seed, *extra)
+            for seed in seeds for name, extra in OMNIGLOT50_VARIANTS.items()]
 
 
 # Parameter allocation, MNIST with 4 tasks (spec parameter_allocation.md §7.1): the four published
@@ -174,6 +192,7 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
     "yt8m": yt8m(),
+    "omniglot50": omniglot50(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
 
 
@@ -199,6 +218,19 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         extra["selected"] = results["selection"].get("selected")
         extra["candidates"] = candidates["n"]
     figures.update(allocation_figures(run_dir, results))
+    pooled = results.get("pooled_accuracy")
+    if pooled:  # accuracy over every example of every task (TAAN's Omniglot number)
+        figures["pooled_accuracy"] = pooled["test"]
+        figures["pooled_accuracy.val"] = pooled["val"]
+        phase = next((p for p in results["selection"]["phases"] if p.get("phase") == "train"), {})
+        extra["selected_step"] = phase.get("best_step")
+    for k, layer in enumerate(results.get("mrn_layers") or []):  # MRN: how far Ω_T moved from independence
+        corr = layer["task_correlation"]
+        off = [abs(corr[i][j]) for i in range(len(corr)) for j in range(len(corr)) if i != j]
+        figures[f"mrn.layer{k}.mean_abs_task_correlation"] = sum(off) / len(off) if off else 0.0
+        figures[f"mrn.layer{k}.omega_task_trace"] = sum(layer["omega_task"][i][i] for i in range(len(corr)))
+    if results.get("dmtrl"):
+        extra["dmtrl_ranks"] = results["dmtrl"]["ranks"]
     policy = run_dir / "policy.json"
     if policy.exists():
         p = json.loads(policy.read_text())
@@ -237,13 +269,22 @@ def measure(run: Run, out_root: str) -> tuple[str, dict, dict, dict]:
     argv = run.argv(out_root)
     if run.prepare is not None:
         run.prepare(out_root)
+    cpu_before = _children_cpu()
     wall = run_sharewise(argv)
+    cpu = _children_cpu() - cpu_before
     figures, extra = figures_of(run.out_dir(out_root))
     if run.details is not None:
         more, more_extra = run.details(run.out_dir(out_root))
         figures.update(more)
         extra.update(more_extra)
-    return "sharewise " + shlex.join(argv), figures, extra, {"wall_s": round(wall, 1)}
+    return "sharewise " + shlex.join(argv), figures, extra, {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (the run's CPU time: the machine
+    is shared, so its wall time is an upper bound)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def select(section: str, names: list[str] | None) -> list[Run]:

@@ -20,6 +20,11 @@ TASKS = [{"name": "digit", "kind": "categorical"}, {"name": "value", "kind": "nu
 COUNT_OPTIONS = {"adashare": {"num_archs": 1, "curriculum_speed": 1}}
 # options that fix the phases' lengths in steps; without them, lengths derive from the data
 # (an epoch of the global batch, a pass over a split)
+# weight tolerance against the 1-process run where the default (1e-4) is too tight for a reason:
+# DMTRL decomposes its single-task networks by SVD, which amplifies their rounding differences by
+# 1 / (gap between singular values): its factors agree to about 1e-4 of their size (the metrics and
+# the replicas' bit-identity are checked as for every method)
+WEIGHT_ATOL = {"dmtrl": 1e-3}
 FIXED_LENGTHS = {"train": {"max_steps": 12, "eval_every": 6},
                  "adashare": {"warm_up_iters": 4, "cycle_iters": [2, 2], "search_cycles": 3, "retrain_total_iters": 6}}
 METHODS = sorted(methods())
@@ -94,7 +99,8 @@ def test_two_processes_match_one_process(method, runs):
             assert other[metric] == pytest.approx(entry["test"][metric], rel=1e-3, abs=1e-4), (task, metric)
     assert one["models"].keys() == two["models"].keys()
     for directory, state in one["models"].items():
-        far = [k for k in state if not torch.allclose(state[k], two["models"][directory][k], atol=1e-4)]
+        atol = WEIGHT_ATOL.get(method, 1e-4)
+        far = [k for k in state if not torch.allclose(state[k], two["models"][directory][k], atol=atol)]
         assert not far, f"model {directory!r}: {far[:5]} differ from the 1-process run"
 
 

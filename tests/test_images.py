@@ -559,3 +559,11 @@ def test_methods_run_on_per_task_and_shared_image_data(tmp_path, method):
             assert test["accuracy"] == pytest.approx(float((predicted == y).double().mean()), abs=1e-9)
             chance = np.bincount(y.numpy()).max() / len(y)
             assert test["accuracy"] >= chance + 0.2, (name, task, test["accuracy"], chance)
+
+
+def test_omniglot_task_weights_mean_divides_by_the_number_of_tasks(tmp_path):
+    root = make_omniglot(tmp_path / "omni", as_zip=True)
+    summed = build_data(cfg(path=str(root))).data
+    mean = build_data(cfg(path=str(root), task_weights="mean")).data
+    assert [t.weight for t in summed.tasks] == [1.0, 1.0, 1.0]
+    assert [t.weight for t in mean.tasks] == pytest.approx([1 / 3] * 3)

@@ -185,3 +185,20 @@ def test_the_generated_shapes_are_balanced_and_seeded(tmp_path):
     assert a["size"].between(16 / 6, 16 / 2.5).all()
     img = Image.open(tmp_path / "a" / a["path"][0])
     assert img.size == (16, 16) and img.mode == "RGB"
+
+
+def test_pooled_accuracy_weights_each_task_by_its_examples():
+    from sharewise.engine.selection import pooled_accuracy
+
+    val = {"shape": {"loss": 1.0, "accuracy": 0.5, "n": 30}, "bright": {"loss": 1.0, "accuracy": 1.0, "n": 10},
+           "size": {"loss": 1.0, "mae": 2.0, "n": 40}}
+    assert pooled_accuracy(val, TASKS) == pytest.approx((0.5 * 30 + 1.0 * 10) / 40)  # not the mean 0.75
+    assert selection_score(val, TASKS, None, "pooled_accuracy") == pytest.approx(0.625)
+    assert selection_score(val, TASKS, None, "accuracy") == pytest.approx(0.75)
+    empty = {**val, "bright": {"loss": math.nan, "accuracy": math.nan, "n": 0}}  # a task without examples
+    assert pooled_accuracy(empty, TASKS) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="pooled_accuracy"):
+        selection_score({"size": val["size"]}, [TASKS[2]], None, "pooled_accuracy")
+    assert "pooled" in rule_description("pooled_accuracy")
+    cfg = validate_config({"data": {"path": "x.csv"}, "train": {"selection_metric": "pooled_accuracy"}})
+    assert cfg.train.selection_metric == "pooled_accuracy"

@@ -1,4 +1,4 @@
-"""The soft-sharing methods (taan, cross_stitch, mmoe, soft_order): properties beyond their layers,
+"""The soft-sharing methods (taan, cross_stitch, mmoe, soft_order; mrn and dmtrl on conv trunks): properties beyond their layers,
 the whole-batch hook for per-task data, and the published Youtube-8M models' parameter counts."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sharewise.methods.cross_stitch import CrossStitchModel, CrossStitchOptions
+from sharewise.methods.dmtrl import DMTRLModel, DMTRLOptions, SingleTaskModel
 from sharewise.methods.mmoe import MMoEModel, MMoEOptions
+from sharewise.methods.mrn import MRNModel, MRNOptions
 from sharewise.methods.soft_order import SoftOrderModel, SoftOrderOptions
 from sharewise.methods.taan import TAANModel, TAANOptions
 from sharewise.tasks import Task
@@ -299,10 +301,14 @@ def _conv_models():
         "soft_order": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3])),
         "soft_order_task_encoders": SoftOrderModel(IMAGE[0], tasks, SoftOrderOptions(trunk="conv", widths=[3, 3, 3],
                                                                                     encoder="task_specific")),
+        "mrn": MRNModel(IMAGE[0], tasks, MRNOptions(**conv, shared_layers=1)),
+        "dmtrl": DMTRLModel.from_single_task(SingleTaskModel(IMAGE[0], tasks, DMTRLOptions(**conv)),
+                                             DMTRLOptions(**conv, eps=0.3)),
     }
 
 
-@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order", "soft_order_task_encoders"])
+@pytest.mark.parametrize("name", ["taan", "cross_stitch", "mmoe", "soft_order", "soft_order_task_encoders", "mrn",
+                                  "dmtrl"])
 def test_conv_trunks_keep_the_cost_contract(name):
     """On image inputs (``trunk: conv``): output shapes, one task's call = its part of the all-task
     call, the path parameters are exactly what a task's output reaches, and the FLOPs order."""
@@ -329,7 +335,7 @@ def test_conv_trunks_keep_the_cost_contract(name):
     assert max(flops["per_task"].values()) <= flops["all_tasks"] <= flops["naive"]
 
 
-@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order", "soft_order_task_encoders"])
+@pytest.mark.parametrize("name", ["taan", "mmoe", "soft_order", "soft_order_task_encoders", "mrn", "dmtrl"])
 def test_conv_whole_batch_hook_equals_one_call_per_task(name):
     model = _conv_models()[name].train()
     batches = {t.name: torch.randn(4, *IMAGE) for t in model.tasks}
@@ -349,7 +355,7 @@ def test_conv_trunk_needs_images():
         check_trunk(TAANOptions(trunk="conv"), InputSpec("vector", (5,)))
 
 
-@pytest.mark.parametrize("method", ["taan", "cross_stitch"])
+@pytest.mark.parametrize("method", ["taan", "cross_stitch", "mrn", "dmtrl"])
 def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
     import json
     from pathlib import Path
@@ -365,3 +371,39 @@ def test_conv_trunk_end_to_end_on_per_task_images(method, tmp_path):
     results = json.loads((Path(run.path) / "results.json").read_text())
     assert set(results["tasks"]) == {"upright", "turned"}
     assert all("accuracy" in entry["test"] for entry in results["tasks"].values())
+
+
+def test_taan_omniglot50_network_as_published():
+    """§6: 4 valid 3×3 TAL convolutions (BN) with 2×2 pools, 105→…→4, flattened 1 024 → TALLinear
+    512 → heads N(0, 0.01²); 1 382 995 parameters with 1 623 classes over 50 tasks; the trunk,
+    α and β included, at optim.backbone_lr, the heads at optim.lr."""
+    from sharewise.config import validate_config
+    from sharewise.methods.taan import TAAN
+
+    sizes = [32] * 50
+    sizes[0] += 1623 - sum(sizes)
+    tasks = [Task(f"a{i}", "categorical", classes=list(range(c))) for i, c in enumerate(sizes)]
+    opts = TAANOptions(trunk="conv", widths=[6, 12, 24, 64], padding="valid", fc_widths=[512], num_basis=32,
+                       head_init_std=0.01)
+    torch.manual_seed(0)
+    model = TAANModel(1, tasks, opts, input_shape=(1, 105, 105))
+    assert sum(p.numel() for p in model.parameters()) == 1_382_995
+    assert model.layers[4].linear.in_features == 64 * 4 * 4 and len(model.layers) == 5
+    assert sum(p.numel() for layer in model.layers for p in (layer.alpha, layer.beta)) == 8_160
+    head = model.heads["a0"]
+    assert torch.count_nonzero(head.bias) == 0 and 0.008 < head.weight.std().item() < 0.012
+    small = TAANModel(1, tasks[:2], TAANOptions(trunk="conv", widths=[2, 3], padding="valid", fc_widths=[4],
+                                               num_basis=2), input_shape=(1, 12, 12))
+    x = {t.name: torch.rand(3, 1, 12, 12) for t in tasks[:2]}  # 12→10→5→3→1: 3 features flattened
+    out = small.forward_all_tasks(x)
+    assert out["a0"].shape == (3, sizes[0]) and small.layers[2].linear.in_features == 3
+    with torch.no_grad():
+        small.eval()
+        assert torch.allclose(small.forward_all_tasks(x)["a1"], small(x["a1"], tasks=["a1"])["a1"], atol=1e-6)
+    cfg = validate_config({"data": {"path": "x"}, "method": {"name": "taan"},
+                           "optim": {"lr": 5e-4, "backbone_lr": 1e-5}})
+    spec = TAAN(opts, cfg).optim(model)
+    assert spec.lrs == {"backbone": 1e-5, "activations": 1e-5, "heads": 5e-4}
+    with pytest.raises(Exception, match="leave no pixel"):
+        TAANModel(1, tasks, TAANOptions(trunk="conv", widths=[4] * 8, padding="valid", fc_widths=[8]),
+                  input_shape=(1, 28, 28))

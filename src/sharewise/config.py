@@ -48,7 +48,7 @@ Int = Annotated[int, BeforeValidator(_whole_number)]
 
 # Selection rules by name (train.selection_metric; formulas in engine/selection.py): the default is
 # scale-free; "objective" is the rule of earlier releases (and what null means in their configs).
-SELECTION_RULES = ("loss_ratio", "objective")
+SELECTION_RULES = ("loss_ratio", "objective", "pooled_accuracy")
 DEFAULT_SELECTION_RULE = "loss_ratio"
 
 MAX_STEPS = 10**9  # epochs, steps and evaluations beyond this are typing mistakes, not plans

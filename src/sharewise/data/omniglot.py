@@ -11,9 +11,12 @@ zip of the same set). ``data.path`` is the folder holding them, or one zip or se
 - ``parameter_allocation`` (alias ``first20``): the 20 alphabets of the Gumbel-matrix paper's
   Omniglot experiment, in the prior work's order (parameter-allocation spec §7.2; 668 characters);
 - ``taan``: all 50 alphabets, the 30 background ones then the 20 evaluation ones, each
-  alphabetically. The TAAN experiment (TAAN spec §6) uses all 50, but its reference's task order
-  is not stated in the spec: this order is **unverified** for TAAN (it changes task indices and
-  names only; TAAN treats the tasks symmetrically);
+  alphabetically. The TAAN experiment (TAAN spec §6) uses all 50 (official ``images_background``
+  + ``images_evaluation``) and states no order; the reference took ``os.listdir`` of one folder
+  holding all 50 (file-system order, undefined), so this order is ours (it changes task indices
+  and names only: TAAN treats the tasks symmetrically, and the split seeds use each alphabet's
+  index among the sorted names, not its position here). Classes are the characters in the order
+  of their folder number, as the reference's labels (``characterNN`` → NN − 1);
 - ``all`` (default): every alphabet found, the official ones in the ``taan`` order, then any
   other (a home-made set in the same layout) alphabetically;
 - ``background`` / ``evaluation``: the 30 or 20 alphabets of one set, alphabetically.
@@ -24,7 +27,8 @@ alphabet names (the 50 official ones and any other found) and the character's in
 ``split.ratios``; the default here is **50/20/30** = 10/4/6 drawings (spec §7.2); the TAAN
 experiment sets 0.8/0.1/0.1 = 16/2/2. No drawing is in two splits. Pixels: grey, ``invert: true``
 by default (strokes 1, background 0, spec §7.2); ``invert: false`` keeps the files' values
-(background 1, TAAN spec §6).
+(background 1, TAAN spec §6). ``task_weights: mean`` divides every task's loss weight by the
+number of tasks (the mean of the alphabets' losses, TAAN spec §6; default ``sum``).
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ class OmniglotOptions(ImageOptions):
     background: str | None = None  # images_background.zip or its folder
     evaluation: str | None = None
     drawings_per_character: int | None = Field(20, ge=1)  # None: accept any count
+    # "mean": each task's loss weight divided by the number of tasks, so the training loss is the mean
+    # of the alphabets' losses (TAAN spec §6) rather than their sum
+    task_weights: Literal["sum", "mean"] = "sum"
 
 
 def find_sets(cfg: Config, opts: OmniglotOptions) -> dict[str, Path]:
@@ -247,7 +254,8 @@ def build_omniglot(cfg: Config, opts: OmniglotOptions) -> LoadedData:
         per_task_rows[alphabet] = (rows, labels, ids)
         train_rows_all.append(rows[task_splits["train"]])
         spec = specs.get(alphabet)
-        tasks.append(Task(alphabet, "categorical", classes=classes[alphabet], weight=spec.weight if spec else 1.0,
+        weight = (spec.weight if spec else 1.0) / (len(alphabets) if opts.task_weights == "mean" else 1)
+        tasks.append(Task(alphabet, "categorical", classes=classes[alphabet], weight=weight,
                           loss=spec.loss if spec else None))
     pixels = pixel_transform(opts, decoded, np.concatenate(train_rows_all), seed)
     augment = make_augment(opts, pixels, background=0.0 if opts.invert else 1.0)

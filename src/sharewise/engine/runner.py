@@ -788,6 +788,9 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
     # the FLOPs' example: the first test example (a train one where the test split is empty)
     first = next(splits[s][:1] for s in ("test", "val", "train") if len(splits[s]))
     x0 = example.get_inputs(first)[0].to(ctx.device)
+    from .selection import pooled_accuracy
+
+    pooled = {s: pooled_accuracy(m, ctx.tasks) for s, m in (("val", selection["val"]), ("test", test_metrics))}
     return {
         "schema": SCHEMA,
         "method": ctx.cfg.method.name,
@@ -797,6 +800,8 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
                 "split_sizes": {s: int(ctx.data.split_size(s)) for s in ("train", "val", "test")}},
         "tasks": tasks,
         "delta_mtl": delta_mtl(deltas) if deltas else None,
+        # accuracy over every example of every categorical task (Σ_t n_t acc_t / Σ_t n_t); None without one
+        **({"pooled_accuracy": pooled} if pooled["test"] is not None else {}),
         "reference": ctx.reference_source if ctx.reference else None,
         "selection": {k: selection[k] for k in ("rule", "score", "phases", "checkpoint", "selected")},
         "parameters": parameter_counts(model or ctx.model),

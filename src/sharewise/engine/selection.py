@@ -8,6 +8,8 @@
   choice unchanged, which the summed loss does not. It is −1 at the first evaluation.
 - ``objective``: ``−Σ_t λ_t L_t``, the summed validation loss (the rule of earlier releases; the
   recorded benchmark sections keep it).
+- ``pooled_accuracy``: the accuracy over every validation example of every task,
+  ``Σ_t n_t acc_t / Σ_t n_t`` (categorical tasks; TAAN's Omniglot-50 number, TAAN spec §6);
 - a metric name (``accuracy``, ``gap_at_20``, ...): its mean over the tasks that have it, negated
   where lower is better.
 
@@ -46,7 +48,21 @@ def rule_description(rule: str, reference: bool = False) -> str:
                 "(between candidates: the mean of theirs)")
     if rule == "objective":
         return "validation objective −Σ_t λ_t L_t"
+    if rule == "pooled_accuracy":
+        return "validation accuracy pooled over every example of every task, Σ_t n_t acc_t / Σ_t n_t"
     return f"validation {rule}, mean over tasks"
+
+
+def pooled_accuracy(evaluation: Evaluation, tasks: Sequence[Task]) -> float | None:
+    """``Σ_t n_t acc_t / Σ_t n_t`` over the tasks with an accuracy and examples (``n``): the
+    fraction of all examples classified correctly; None when no task has one."""
+    pairs = [(evaluation[t.name]["accuracy"], evaluation[t.name]["n"]) for t in tasks
+             if t.name in evaluation and evaluation[t.name].get("accuracy") is not None
+             and (evaluation[t.name].get("n") or 0) > 0]
+    total = sum(n for _, n in pairs)
+    if not pairs or total <= 0:
+        return None
+    return sum(acc * n for acc, n in pairs) / total
 
 
 def loss_ratio(val: Evaluation, base: Evaluation, tasks: Sequence[Task]) -> float:
@@ -74,6 +90,12 @@ def selection_score(val: Evaluation, tasks: Sequence[Task], reference: Mapping[s
         return loss_ratio(val, base or val, tasks)
     if rule == "objective":
         return validation_objective({t.name: val[t.name]["loss"] for t in tasks}, tasks)
+    if rule == "pooled_accuracy":
+        pooled = pooled_accuracy(val, tasks)
+        if pooled is None:
+            raise ConfigError("train.selection_metric: pooled_accuracy needs categorical tasks with validation "
+                              "examples (accuracy)")
+        return pooled
     values = [(val[t.name][rule], rule != "loss" and higher_is_better(t.kind, rule)) for t in tasks if rule in val[t.name]]
     if not values:
         raise ConfigError(f"train.selection_metric: no task has a validation metric {rule!r} "
@@ -111,5 +133,5 @@ def reference_metrics(entry: Mapping[str, Any], split: str) -> Mapping[str, floa
     return entry
 
 
-__all__ = ["SELECTION_RULES", "candidate_base", "loss_ratio", "reference_metrics", "rule_description",
+__all__ = ["SELECTION_RULES", "candidate_base", "loss_ratio", "pooled_accuracy", "reference_metrics", "rule_description",
            "selection_score"]

@@ -18,11 +18,12 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import TALConv2d, TALLinear
 from ..layers.tal import check_regularizer
 from ..tasks import Task
 from ._soft import SoftMethod, SoftOptions, SoftSharingModel, check_trunk
-from .base import BuildContext, Phase, register_method
+from .base import BuildContext, OptimSpec, Phase, register_method
 
 
 class TAANOptions(SoftOptions):
@@ -37,6 +38,13 @@ class TAANOptions(SoftOptions):
                                                       "(default: distance and nuclear yes, cosine no)")
     cosine_detach_norms: bool = Field(False, description="cosine: stop-gradient through the norms (the reference)")
     nuclear_metric: Literal["euclidean", "function"] = Field("euclidean", description="nuclear: ‖α‖_* or ‖α W^½‖_*")
+    padding: Literal["same", "valid"] = Field("same", description="conv: same (k // 2) or valid (none: TAAN's "
+                                                                    "Omniglot network, §6)")
+    fc_widths: list[int] = Field(default_factory=list, description="conv: TALLinear layers on the flattened feature "
+                                                                   "maps before the heads (§6: [512]); none: heads "
+                                                                   "on the spatial mean")
+    head_init_std: float | None = Field(None, gt=0, description="heads' weights N(0, std²), biases 0 (§6: 0.01); "
+                                                                "default: nn.Linear's initialisation")
     no_decay: list[Literal["alpha", "beta"]] = Field(
         default_factory=list, description="the slopes α and/or hinges β stepped without weight decay (§5.5; the "
                                           "reference decays every parameter)")
@@ -51,10 +59,14 @@ class TAANOptions(SoftOptions):
 
 
 class TAANModel(SoftSharingModel):
-    """``in_features``: the input width (conv trunk: its channels)."""
+    """``in_features``: the input width (conv trunk: its channels); ``input_shape`` ``(C, H, W)``
+    is needed for ``fc_widths`` (the flattened maps' size). ``layers``: every TAL, the
+    convolutions first (``num_conv`` of them), then the fully connected ones."""
 
-    def __init__(self, in_features: int, tasks: Sequence[Task], opts: TAANOptions) -> None:
-        super().__init__(tasks, opts.widths[-1], opts)
+    def __init__(self, in_features: int, tasks: Sequence[Task], opts: TAANOptions,
+                 input_shape: Sequence[int] | None = None) -> None:
+        fc = list(opts.fc_widths) if opts.trunk == "conv" else []
+        super().__init__(tasks, fc[-1] if fc else opts.widths[-1], opts)
         names = [t.name for t in tasks]
         dims = [in_features, *opts.widths]
         common = dict(task_names=names, regularizer=opts.regularizer, measure=opts.measure, basis_grad=opts.basis_grad,
@@ -62,24 +74,55 @@ class TAANModel(SoftSharingModel):
                       bn_stats=opts.bn_stats)
         if self.conv:
             k = opts.kernel_size
-            layers = [TALConv2d(a, b, k, len(names), opts.num_basis, padding=k // 2,
+            pad = k // 2 if opts.padding == "same" else 0
+            layers = [TALConv2d(a, b, k, len(names), opts.num_basis, padding=pad,
                                 bn=True if opts.bn is None else opts.bn, **common) for a, b in zip(dims[:-1], dims[1:])]
+            if fc:
+                if input_shape is None:
+                    raise ValueError("fc_widths needs the input shape (C, H, W)")
+                height, width = int(input_shape[-2]), int(input_shape[-1])
+                for _ in opts.widths:
+                    height, width = height - 2 * (k // 2 - pad), width - 2 * (k // 2 - pad)
+                    if opts.pool:
+                        height, width = height // 2, width // 2
+                if height < 1 or width < 1:
+                    raise ConfigError(f"method.widths: {len(opts.widths)} {opts.padding} convolutions"
+                                      f"{' and pools' if opts.pool else ''} leave no pixel of a "
+                                      f"{input_shape[-2]}×{input_shape[-1]} image")
+                flat = [opts.widths[-1] * height * width, *fc]
+                layers += [TALLinear(a, b, len(names), opts.num_basis, bn=False, **common)
+                           for a, b in zip(flat[:-1], flat[1:])]
         else:
             layers = [TALLinear(a, b, len(names), opts.num_basis, bn=bool(opts.bn), **common)
                       for a, b in zip(dims[:-1], dims[1:])]
         self.layers = nn.ModuleList(layers)
+        self.num_conv = len(opts.widths) if self.conv else 0
         self.c = float(opts.c)
+        if opts.head_init_std is not None:
+            with torch.no_grad():
+                for t in self.task_names:
+                    self.heads[t].weight.normal_(0.0, opts.head_init_std)
+                    self.heads[t].bias.zero_()
+
+    def _after(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Pooling after a convolution; the maps flattened ``(B, n, C·H·W)`` before the first
+        fully connected TAL."""
+        if index < self.num_conv:
+            h = self._after_layer(h)
+            if index == self.num_conv - 1 and len(self.layers) > self.num_conv:
+                h = h.flatten(2)
+        return h
 
     def features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        h = self._after_layer(self.layers[0](x, ids))  # the first affine map once for every task
-        for layer in self.layers[1:]:
-            h = self._after_layer(layer(h, ids))
+        h = self._after(0, self.layers[0](x, ids))  # the first affine map once for every task
+        for index, layer in enumerate(self.layers[1:], 1):
+            h = self._after(index, layer(h, ids))
         return h
 
     def stacked_features(self, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
         h = x
-        for layer in self.layers:
-            h = self._after_layer(layer(h, ids))
+        for index, layer in enumerate(self.layers):
+            h = self._after(index, layer(h, ids))
         return h
 
     def forward_all_tasks(self, batches: Mapping[str, torch.Tensor], **kw: Any) -> dict[str, torch.Tensor]:
@@ -146,7 +189,16 @@ class TAAN(SoftMethod):
     def build(self, ctx: BuildContext) -> TAANModel:
         check_trunk(self.options, ctx.input_spec)
         spec = ctx.input_spec
-        return TAANModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks, self.options)
+        return TAANModel(spec.in_channels if self.options.trunk == "conv" else spec.in_features, ctx.tasks, self.options,
+                         input_shape=spec.shape)
+
+    def optim(self, model: TAANModel) -> OptimSpec:
+        """``optim.backbone_lr`` (when set) for the whole trunk, the activations α and β included;
+        ``optim.lr`` for the heads (TAAN's Omniglot set-up: 1e−5 and 50× for the heads, §6)."""
+        groups = list(model.param_groups())
+        spec = self.default_optim(groups, backbone_groups=[g for g in groups if not g.startswith("heads")])
+        spec.no_decay = tuple(g for g in groups if g.endswith("_no_decay"))
+        return spec
 
     def phases(self, model: TAANModel, steps_per_epoch: int) -> list[Phase]:
         phases = super().phases(model, steps_per_epoch)
