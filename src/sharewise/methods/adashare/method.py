@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ...errors import ConfigError, RunDirError
@@ -61,6 +61,12 @@ class AdaShareOptions(BaseModel):
     search_decay_lr_freq: int | None = Field(None, ge=1, description="optional StepLR of the search's SGD (default constant)")
     search_decay_lr_rate: float = Field(0.5, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
+    recipe: Literal["paper", "optim"] = Field(
+        "paper", description="how warm-up and re-training train the weights: paper = Adam with method.betas and a "
+                             "StepLR (decay_lr_freq/decay_lr_rate) stepped per iteration (spec §8.1, §8.3); optim = "
+                             "the config's optim section and, for re-training, the train section's length "
+                             "(train.epochs / train.max_steps, eval_every, patience): exactly what hard and "
+                             "independent use, for comparisons at equal recipe (issue 23)")
     # policy (§3–§5, §7)
     skip_layer: int = Field(0, ge=0, description="lowest blocks that are always executed and have no logits")
     init_method: Literal["equal", "random", "all_chosen"] = "equal"
@@ -98,6 +104,13 @@ class AdaShareOptions(BaseModel):
                             "task dimension folded into the batch; auto: the same, but per-task passes after the "
                             "first block where T copies of the activations are large on a CPU; loop: one full pass "
                             "per task (the reference); all three compute the same")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "AdaShareOptions":
+        if self.recipe == "optim" and self.retrain_total_iters is not None:
+            raise ValueError("retrain_total_iters: with recipe optim re-training lasts train.epochs / train.max_steps, "
+                             "as hard and independent do; leave retrain_total_iters out")
+        return self
 
     @field_validator("cycle_iters")
     @classmethod
@@ -419,7 +432,10 @@ class AdaShare(Method):
         return OptimSpec(kind, lrs, o.weight_decay, momentum=o.momentum, grad_clip=o.grad_clip, **kw)
 
     def _adam_step(self, plan: _Plan) -> OptimSpec:
-        """Warm-up and re-training: Adam β=(0.5, 0.999), StepLR stepped per iteration (§8.1)."""
+        """Warm-up and re-training: Adam β=(0.5, 0.999), StepLR stepped per iteration (§8.1), or with
+        ``recipe: optim`` the ``optim`` section as ``hard`` and ``independent`` use it."""
+        if self.options.recipe == "optim":
+            return self.default_optim(["backbone", "heads"])
         return self._optim("adam", ["backbone", "heads"], betas=tuple(self.options.betas), schedule="step",
                            step_size=plan.decay_lr_freq, gamma=self.options.decay_lr_rate)
 
@@ -529,7 +545,12 @@ class AdaShare(Method):
         return [warmup, search]
 
     def retrain_phases(self, plan: _Plan) -> list[Phase]:
-        """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3)."""
+        """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3); with
+        ``recipe: optim`` the phase ``hard`` trains with (same optimiser, schedule, length, evaluations)."""
+        if self.options.recipe == "optim":
+            t = self.cfg.train
+            return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)}, cycles=t.epochs,
+                          max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience, selection="score")]
         return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                       cycles=-(-plan.retrain_iters // plan.steps_per_epoch), max_steps=plan.retrain_iters,
                       eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score")]
