@@ -39,8 +39,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_reg": ("method.reg_w=0", "method.reg_w_hamming=0"),
     "no_reg_plr0.1": ("method.reg_w=0", "method.reg_w_hamming=0", "method.policy_lr=0.1"),
 }
-NOISE_VARIANTS = ("spec", "no_reg", "no_sharing")
+NOISE_VARIANTS = ("spec", "no_reg", "no_sharing", "low_sharing")
 VARIANTS["no_sharing"] = ("method.reg_w_hamming=0",)
+VARIANTS["low_sharing"] = ("method.reg_w_hamming=0.005",)
 
 
 def make_xor_noise(path: Path, n: int = 800, seed: int = 0) -> Path:

@@ -183,6 +183,8 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
     "adashare-adult-fair": adashare("adult", config="configs/adashare/adult_fair.yaml", section="adashare-adult-fair"),
+    "adashare-mnist-resnet-fair": adashare("mnist", config="configs/adashare/mnist_resnet.yaml",
+                                          section="adashare-mnist-resnet-fair"),
     "adashare-adult-fair-paper": adashare("adult", config="configs/adashare/adult_fair.yaml",
                                           section="adashare-adult-fair-paper", extra=PAPER_RECIPE_ADULT),
     "yt8m": yt8m(),
