@@ -37,7 +37,7 @@ THREADS = 1
 VARIANTS: dict[str, tuple[str, ...]] = {
     "spec": (),
     "no_reg": ("method.reg_w=0", "method.reg_w_hamming=0"),
-    "no_reg_plr0.1": ("method.reg_w=0", "method.reg_w_hamming=0", "method.policy_lr=0.1"),
+    "no_reg_fast_policy": ("method.reg_w=0", "method.reg_w_hamming=0", "method.policy_lr=0.1"),
 }
 NOISE_VARIANTS = ("spec", "no_reg", "no_sharing", "low_sharing")
 VARIANTS["no_sharing"] = ("method.reg_w_hamming=0",)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-root", default="/tmp/sw-bench")
     parser.add_argument("--replace", action="store_true")
     args = parser.parse_args(argv)
-    variants = args.variants or (list(NOISE_VARIANTS) if args.case == "xor_noise" else ["spec", "no_reg", "no_reg_plr0.1"])
+    variants = args.variants or (list(NOISE_VARIANTS) if args.case == "xor_noise" else ["spec", "no_reg", "no_reg_fast_policy"])
     for seed in args.seeds:
         for variant in variants:
             measure(args.case, variant, seed, args.out_root, args.replace)
