@@ -256,14 +256,25 @@ def _cpu(records: list[dict]) -> str:
     return _wall(lo) if round(lo) == round(hi) else f"{_wall(lo)} – {_wall(hi)}"
 
 
+def _fair_seeds(runs_root: Path, section: str) -> list[int]:
+    """The seeds of 0, 1, 2 whose three runs are all recorded (a section measured in part says n)."""
+    seeds = [s for s in ADASHARE_SEEDS
+             if all((runs_root / section / f"{m}-seed{s}.json").exists() for m in ("independent", "hard", "adashare"))]
+    if not seeds:
+        raise FileNotFoundError(f"no complete seed (independent, hard, adashare) under {runs_root / section}")
+    return seeds
+
+
 def _fair_table(runs_root: Path, section: str) -> str:
     """The three methods at one recipe: metrics, Δ_MTL, parameters, the optimiser steps of the whole
     run (AdaShare: warm-up + search + every re-trained architecture) and CPU time per run."""
     metrics = ADASHARE[FAIR[section]]
-    rows = ["| method | " + " | ".join(_metric_header(k) for k, _ in metrics)
+    seeds = _fair_seeds(runs_root, section)
+    rows = [f"| method (n = {len(seeds)}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | "
+            + " | ".join(_metric_header(k) for k, _ in metrics)
             + " | Δ_MTL (%) | parameters | optimiser steps per run | CPU per run |", "|---" * (len(metrics) + 5) + "|"]
     for method in ("independent", "hard", "adashare"):
-        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in ADASHARE_SEEDS]
+        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in seeds]
         figs = [r["figures"] for r in recs]
         cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
         delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
@@ -283,7 +294,7 @@ def _fair_table(runs_root: Path, section: str) -> str:
 def _fair_diagnostics(runs_root: Path, section: str) -> str:
     """Per seed: what AdaShare's policy learned (pairwise distances) and which term decided it."""
     out = []
-    for s in ADASHARE_SEEDS:
+    for s in _fair_seeds(runs_root, section):
         rec = _record(runs_root, section, f"adashare-seed{s}")
         f, pol = rec["figures"], rec.get("policy", {})
         probs = "; ".join(f"{t} " + "/".join(f"{p:.3f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
@@ -298,7 +309,7 @@ def _fair_diagnostics(runs_root: Path, section: str) -> str:
 
 
 for _section in FAIR:
-    register(_section, f"benchmarks/results/runs/{_section}/*-seed{{0,1,2}}.json")(
+    register(_section, f"benchmarks/results/runs/{_section}/*-seed{{0,1,2}}.json (the seeds with all three runs)")(
         lambda root, s=_section: _fair_table(root, s))
     register(f"{_section}-diagnostics", f"benchmarks/results/runs/{_section}/adashare-seed{{0,1,2}}.json")(
         lambda root, s=_section: _fair_diagnostics(root, s))
@@ -598,13 +609,15 @@ def commands_block(runs_root: Path, section: str) -> str:
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
-            "adashare-fair": ("adashare-adult-fair",), "adashare-known-answer": ("adashare-known-answer",),
+            "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
+            "adashare-known-answer": ("adashare-known-answer",),
             "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
-                 "gumbel_matrix-mnist", "selection", "adashare-adult-fair", "adashare-known-answer"):
+                 "gumbel_matrix-mnist", "selection", "adashare-adult-fair", "adashare-adult-fair-paper",
+                 "adashare-known-answer"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
