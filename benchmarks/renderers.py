@@ -243,6 +243,117 @@ for _data in ADASHARE:
         lambda root, d=_data: _architectures_line(root, d))
 
 
+# --- AdaShare at equal recipe and its diagnostics (issue 23) ---------------------------------------
+
+FAIR = {"adashare-adult-fair": "adult", "adashare-adult-fair-paper": "adult"}
+
+
+def _cpu(records: list[dict]) -> str:
+    cpus = [r["timings"]["cpu_s"] for r in records if r.get("timings", {}).get("cpu_s") is not None]
+    if not cpus:
+        return "–"
+    lo, hi = min(cpus), max(cpus)
+    return _wall(lo) if round(lo) == round(hi) else f"{_wall(lo)} – {_wall(hi)}"
+
+
+def _fair_seeds(runs_root: Path, section: str) -> list[int]:
+    """The seeds of 0, 1, 2 whose three runs are all recorded (a section measured in part says n)."""
+    seeds = [s for s in ADASHARE_SEEDS
+             if all((runs_root / section / f"{m}-seed{s}.json").exists() for m in ("independent", "hard", "adashare"))]
+    if not seeds:
+        raise FileNotFoundError(f"no complete seed (independent, hard, adashare) under {runs_root / section}")
+    return seeds
+
+
+def _fair_table(runs_root: Path, section: str) -> str:
+    """The three methods at one recipe: metrics, Δ_MTL, parameters, the optimiser steps of the whole
+    run (AdaShare: warm-up + search + every re-trained architecture) and CPU time per run."""
+    metrics = ADASHARE[FAIR[section]]
+    seeds = _fair_seeds(runs_root, section)
+    rows = [f"| method (n = {len(seeds)}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | "
+            + " | ".join(_metric_header(k) for k, _ in metrics)
+            + " | Δ_MTL (%) | parameters | optimiser steps per run | CPU per run |", "|---" * (len(metrics) + 5) + "|"]
+    for method in ("independent", "hard", "adashare"):
+        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in seeds]
+        figs = [r["figures"] for r in recs]
+        cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
+        delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
+        params = [f["parameters"] for f in figs]
+        p = grouped(params[0]) if len(set(params)) == 1 else (
+            f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
+        steps = sorted({f["steps.total"] for f in figs})
+        st = " / ".join(grouped(x) for x in steps)
+        if method == "adashare":
+            phases = recs[0].get("steps", {})
+            search = phases.get("warmup", 0) + phases.get("search", 0)
+            st += f" ({grouped(search)} warm-up + search, {grouped(steps[0] - search)} re-training)"
+        rows.append(f"| `{method}` | " + " | ".join(cells) + f" | {delta} | {p} | {st} | {_cpu(recs)} |")
+    return "\n".join(rows)
+
+
+def _fair_diagnostics(runs_root: Path, section: str) -> str:
+    """Per seed: what AdaShare's policy learned (pairwise distances) and which term decided it."""
+    out = []
+    for s in _fair_seeds(runs_root, section):
+        rec = _record(runs_root, section, f"adashare-seed{s}")
+        f, pol = rec["figures"], rec.get("policy", {})
+        probs = "; ".join(f"{t} " + "/".join(f"{p:.3f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
+        summary = rec.get("diagnostics", {}).get("grad_norm_summary") or {}
+        out.append(f"- seed {s}: p_exec {probs}; mean pairwise |Δp_exec| {f['adashare.distance.mean_abs']:.4f}, "
+                   f"argmax Hamming {f['adashare.distance.hamming_argmax']:.2f} blocks; gradient on the logits "
+                   f"(mean norm over {summary.get('cycles', '–')} cycles) task {f['adashare.grad_norm.task']:.3g}, "
+                   f"sparsity {f['adashare.grad_norm.sparsity']:.3g}, sharing {f['adashare.grad_norm.sharing']:.3g} "
+                   f"(shares {100 * f['adashare.grad_share.task']:.0f} / {100 * f['adashare.grad_share.sparsity']:.0f} / "
+                   f"{100 * f['adashare.grad_share.sharing']:.0f} %)")
+    return "\n".join(out)
+
+
+for _section in FAIR:
+    register(_section, f"benchmarks/results/runs/{_section}/*-seed{{0,1,2}}.json (the seeds with all three runs)")(
+        lambda root, s=_section: _fair_table(root, s))
+    register(f"{_section}-diagnostics", f"benchmarks/results/runs/{_section}/adashare-seed{{0,1,2}}.json")(
+        lambda root, s=_section: _fair_diagnostics(root, s))
+
+
+KNOWN_ANSWER = "adashare-known-answer"
+KNOWN_CASES = {"mnist": "MNIST: a1 = a2 upright, b1 = b2 turned 90°",
+               "xor_noise": "table: a1 = a2 = 1[x0·x1 > 0], b1 = b2 coin flips"}
+KNOWN_CHANGES = {"spec": "the spec's defaults (λ_sp = λ_sh = 0.05, policy lr 0.01)", "no_reg": "λ_sp = λ_sh = 0",
+                 "no_reg_fast_policy": "λ_sp = λ_sh = 0, policy lr 0.1", "no_sharing": "λ_sh = 0 (λ_sp 0.05)",
+                 "low_sharing": "λ_sh = 0.005 (λ_sp 0.05)"}
+
+
+def _known_runs(runs_root: Path) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in _section_records(runs_root, KNOWN_ANSWER):
+        name = r["name"].rsplit("-seed", 1)[0]
+        case, variant = ("xor_noise", name[len("xor_noise-"):]) if name.startswith("xor_noise-") else ("mnist", name)
+        groups.setdefault((case, variant), []).append(r)
+    return groups
+
+
+@register("adashare-known-answer", "benchmarks/results/runs/adashare-known-answer/*.json")
+def known_answer(runs_root: Path) -> str:
+    rows = ["| case | setting | n (seeds) | within-group mean \\|Δp\\| | between-group | separation (between − within) "
+            "| argmax Hamming separation (blocks) | gradient share task / sparsity / sharing (%) | CPU per run |",
+            "|---" * 9 + "|"]
+    groups = _known_runs(runs_root)
+    for case in KNOWN_CASES:
+        for variant in KNOWN_CHANGES:
+            recs = sorted(groups.get((case, variant), []), key=lambda r: r["name"])
+            if not recs:
+                continue
+            f = [r["figures"] for r in recs]
+            seeds = ", ".join(r["name"].rsplit("-seed", 1)[1] for r in recs)
+            shares = " / ".join(f"{100 * statistics.mean(x[f'grad_share.{k}'] for x in f):.0f}"
+                                for k in ("task", "sparsity", "sharing"))
+            rows.append(f"| {KNOWN_CASES[case]} | {KNOWN_CHANGES[variant]} | {len(recs)} ({seeds}) "
+                        f"| {mean_sd([x['mean_abs.within'] for x in f], 4)} | {mean_sd([x['mean_abs.between'] for x in f], 4)} "
+                        f"| {_signed_mean_sd([x['mean_abs.separation'] for x in f], 4)} "
+                        f"| {_signed_mean_sd([x['hamming_argmax.separation'] for x in f], 2)} | {shares} | {_cpu(recs)} |")
+    return "\n".join(rows)
+
+
 @register("adashare-mnist-task_bn", "benchmarks/results/runs/adashare-mnist/adashare-seed{0,1,2}.json "
           "and benchmarks/results/runs/adashare-mnist-task_bn/adashare-seed{1,2}.json")
 def adashare_mnist_task_bn(runs_root: Path) -> str:
@@ -499,13 +610,16 @@ MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi"
             "omniglot50": ("omniglot50",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
+            "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
+            "adashare-known-answer": ("adashare-known-answer",),
             "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
                  "omniglot50",
-                 "gumbel_matrix-mnist", "selection"):
+                 "gumbel_matrix-mnist", "selection", "adashare-adult-fair", "adashare-adult-fair-paper",
+                 "adashare-known-answer"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 

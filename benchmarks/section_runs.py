@@ -77,19 +77,27 @@ def ixi(seeds=(0, 1, 2)) -> list[Run]:
     return runs
 
 
-def adashare(data: str, seeds=(0, 1, 2)) -> list[Run]:
+def adashare(data: str, seeds=(0, 1, 2), *, config: str | None = None, section: str | None = None,
+             extra: tuple[str, ...] = ()) -> list[Run]:
     """AdaShare against `hard` and `independent` from one AdaShare config (the others replace its
-    `method` section); `hard` and AdaShare get `--reference` to the same seed's `independent`."""
-    section, config = f"adashare-{data}", f"configs/adashare/{data}.yaml"
+    `method` section); `hard` and AdaShare get `--reference` to the same seed's `independent`.
+    ``extra``: more arguments for all three (an optimiser recipe they share)."""
+    section, config = section or f"adashare-{data}", config or f"configs/adashare/{data}.yaml"
     runs = []
     for seed in seeds:
         ref = f"independent-seed{seed}"
         reference = ("--reference", f"{{out}}/{section}/{ref}")
-        runs.append(_run(section, ref, config, seed, "--set", "method={name: independent}"))
-        runs.append(_run(section, f"hard-seed{seed}", config, seed, "--set", "method={name: hard}", *reference,
+        runs.append(_run(section, ref, config, seed, *extra, "--set", "method={name: independent}"))
+        runs.append(_run(section, f"hard-seed{seed}", config, seed, *extra, "--set", "method={name: hard}", *reference,
                          needs=(ref,)))
-        runs.append(_run(section, f"adashare-seed{seed}", config, seed, *reference, needs=(ref,)))
+        runs.append(_run(section, f"adashare-seed{seed}", config, seed, *extra, *reference, needs=(ref,)))
     return runs
+
+
+# issue 23: the three methods at one recipe. `optim`: the config's optim section (Adam β=(0.9, 0.999),
+# constant lr) for all; `paper`: the spec's re-training recipe (Adam β=(0.5, 0.999), StepLR halving every
+# 0.2 · 1 090 iterations) for all
+PAPER_RECIPE_ADULT = ("--set", "optim.betas=[0.5,0.999]", "--set", "optim.schedule=step", "--set", "optim.step_size=218")
 
 
 def adashare_task_bn(seeds=(1, 2)) -> list[Run]:
@@ -191,6 +199,14 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-digits": adashare("digits"),
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
+    "adashare-adult-fair": adashare("adult", config="configs/adashare/adult_fair.yaml", section="adashare-adult-fair"),
+    "adashare-mnist-resnet-fair": adashare("mnist", config="configs/adashare/mnist_resnet.yaml",
+                                          section="adashare-mnist-resnet-fair"),
+    "adashare-ixi-fair": adashare("ixi", section="adashare-ixi-fair",
+                                  extra=("--cat-target", "Sex", "--num-target", "Age", "--set", "method.recipe=optim",
+                                         "--set", "method.retrain_total_iters=null", "--set", "method.num_archs=8")),
+    "adashare-adult-fair-paper": adashare("adult", config="configs/adashare/adult_fair.yaml",
+                                          section="adashare-adult-fair-paper", extra=PAPER_RECIPE_ADULT),
     "yt8m": yt8m(),
     "omniglot50": omniglot50(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
@@ -231,6 +247,14 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         figures[f"mrn.layer{k}.omega_task_trace"] = sum(layer["omega_task"][i][i] for i in range(len(corr)))
     if results.get("dmtrl"):
         extra["dmtrl_ranks"] = results["dmtrl"]["ranks"]
+    if results.get("steps"):  # optimiser steps of the whole run (AdaShare: warm-up, search, every re-training)
+        figures["steps.total"] = results["steps"]["total"]
+        extra["steps"] = results["steps"]["by_phase"]
+    figures.update(adashare_figures(results))
+    if results.get("adashare"):
+        diag = results["adashare"]
+        extra["diagnostics"] = {"task_distance": diag["task_distance"], "grad_norm_summary": diag["grad_norm_summary"],
+                                "exec_prob_history": diag["exec_prob_history"]}
     policy = run_dir / "policy.json"
     if policy.exists():
         p = json.loads(policy.read_text())
@@ -239,6 +263,28 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         extra["architectures"] = [{k: a[k] for k in ("name", "policy", "num_removed", "selected") if k in a}
                                   for a in p.get("architectures", [])]
     return figures, extra
+
+
+def adashare_figures(results: dict) -> dict[str, float]:
+    """AdaShare's diagnostics as figures: the mean pairwise task distance of the selected policy
+    (mean |Δp_exec| and argmax Hamming) and each loss term's share of the policy-logit gradient."""
+    diag = results.get("adashare")
+    if not diag:
+        return {}
+    figures: dict[str, float] = {}
+    tasks = list(diag["exec_prob"])
+    pairs = [(s, t) for i, s in enumerate(tasks) for t in tasks[i + 1:]]
+    if pairs:
+        for kind in ("mean_abs", "hamming_argmax"):
+            figures[f"adashare.distance.{kind}"] = sum(diag["task_distance"][kind][s][t] for s, t in pairs) / len(pairs)
+    summary = diag.get("grad_norm_summary") or {}
+    for term, share in (summary.get("share") or {}).items():
+        if share is not None:
+            figures[f"adashare.grad_share.{term}"] = share
+    for term, value in (summary.get("mean") or {}).items():
+        if "/" not in term:
+            figures[f"adashare.grad_norm.{term}"] = value
+    return figures
 
 
 def allocation_figures(run_dir: Path, results: dict) -> dict[str, float]:

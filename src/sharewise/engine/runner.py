@@ -769,6 +769,17 @@ def candidate_summary(per_candidate: list[dict[str, Any]], tasks: list[Task]) ->
     return {"n": len(per_candidate), "per_candidate": per_candidate, "mean_sd": summary}
 
 
+def optimiser_steps(phases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Optimiser steps the run took, every phase and candidate included (AdaShare: warm-up, search
+    and each re-trained architecture): ``{"total": n, "by_phase": {"<directory>/<phase>": n}}``."""
+    by_phase: dict[str, int] = {}
+    for p in phases:
+        directory = p.get("directory", ".")
+        key = p["phase"] if directory in (".", "") else f"{directory}/{p['phase']}"
+        by_phase[key] = by_phase.get(key, 0) + int(p.get("steps") or 0)
+    return {"total": sum(by_phase.values()), "by_phase": by_phase}
+
+
 def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict[str, Any], *,
                   model: MultiTaskModel | None = None, forward_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     from ..metrics import delta_mtl, delta_task
@@ -804,6 +815,7 @@ def build_results(ctx: RunContext, selection: dict[str, Any], test_metrics: dict
         **({"pooled_accuracy": pooled} if pooled["test"] is not None else {}),
         "reference": ctx.reference_source if ctx.reference else None,
         "selection": {k: selection[k] for k in ("rule", "score", "phases", "checkpoint", "selected")},
+        "steps": optimiser_steps(selection["phases"]),
         "parameters": parameter_counts(model or ctx.model),
         "flops": flop_counts(model or ctx.model, x0, forward_kwargs),
     }

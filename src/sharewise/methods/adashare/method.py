@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ...errors import ConfigError, RunDirError
@@ -41,6 +41,7 @@ from ...seeding import seed_global, stream_seed
 from ...tasks import Task
 from ..base import (BuildContext, Candidate, Method, MethodContext, MultiTaskModel, OptimSpec, Phase, PhaseState,
                     Stretch, TaskHeads, register_method)
+from . import diagnostics as D
 from . import policy as P
 from .execution import PADDING_ROW, batched_gated_features, can_batch, loop_gated_features, tree_features
 
@@ -60,6 +61,12 @@ class AdaShareOptions(BaseModel):
     search_decay_lr_freq: int | None = Field(None, ge=1, description="optional StepLR of the search's SGD (default constant)")
     search_decay_lr_rate: float = Field(0.5, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
+    recipe: Literal["paper", "optim"] = Field(
+        "paper", description="how warm-up and re-training train the weights: paper = Adam with method.betas and a "
+                             "StepLR (decay_lr_freq/decay_lr_rate) stepped per iteration (spec §8.1, §8.3); optim = "
+                             "the config's optim section and, for re-training, the train section's length "
+                             "(train.epochs / train.max_steps, eval_every, patience): exactly what hard and "
+                             "independent use, for comparisons at equal recipe (issue 23)")
     # policy (§3–§5, §7)
     skip_layer: int = Field(0, ge=0, description="lowest blocks that are always executed and have no logits")
     init_method: Literal["equal", "random", "all_chosen"] = "equal"
@@ -97,6 +104,13 @@ class AdaShareOptions(BaseModel):
                             "task dimension folded into the batch; auto: the same, but per-task passes after the "
                             "first block where T copies of the activations are large on a CPU; loop: one full pass "
                             "per task (the reference); all three compute the same")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "AdaShareOptions":
+        if self.recipe == "optim" and self.retrain_total_iters is not None:
+            raise ValueError("retrain_total_iters: with recipe optim re-training lasts train.epochs / train.max_steps, "
+                             "as hard and independent do; leave retrain_total_iters out")
+        return self
 
     @field_validator("cycle_iters")
     @classmethod
@@ -349,6 +363,7 @@ class AdaShare(Method):
         super().__init__(options, cfg)
         self._plan: _Plan | None = None
         self._frozen_rows: tuple[int, torch.Tensor] | None = None
+        self._aux_grads: dict[str, torch.Tensor] | None = None  # the regularisers' gradients of the step
 
     def build(self, ctx: BuildContext) -> AdaShareNet:
         o = self.options
@@ -398,13 +413,29 @@ class AdaShare(Method):
 
     # ------------------------------------------------------------------ phases
 
+    @staticmethod
+    def _regulariser_gradients(model: AdaShareNet, aux_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """∂(λ_sp L_sparsity)/∂Φ and ∂(λ_sh L_sharing)/∂Φ at the current logits (both depend on Φ
+        alone: no pass through the network); a term that is off has none."""
+        logits = model.policy.logits
+        with torch.enable_grad():
+            terms = model.aux_losses(**aux_kwargs)
+            out = {}
+            for name, value in terms.items():
+                grad = torch.autograd.grad(value, logits, allow_unused=True)[0]
+                out[name] = torch.zeros_like(logits) if grad is None else grad.detach()
+        return out
+
     def _optim(self, kind: str, groups: Sequence[str], **kw: Any) -> OptimSpec:
         o = self.cfg.optim
         lrs = {g: (o.backbone_lr or o.lr) if g == "backbone" else o.lr for g in groups}
         return OptimSpec(kind, lrs, o.weight_decay, momentum=o.momentum, grad_clip=o.grad_clip, **kw)
 
     def _adam_step(self, plan: _Plan) -> OptimSpec:
-        """Warm-up and re-training: Adam β=(0.5, 0.999), StepLR stepped per iteration (§8.1)."""
+        """Warm-up and re-training: Adam β=(0.5, 0.999), StepLR stepped per iteration (§8.1), or with
+        ``recipe: optim`` the ``optim`` section as ``hard`` and ``independent`` use it."""
+        if self.options.recipe == "optim":
+            return self.default_optim(["backbone", "heads"])
         return self._optim("adam", ["backbone", "heads"], betas=tuple(self.options.betas), schedule="step",
                            step_size=plan.decay_lr_freq, gamma=self.options.decay_lr_rate)
 
@@ -439,6 +470,7 @@ class AdaShare(Method):
             n = window(state.cycle)
             if o.curriculum_freeze_logits and n < L:
                 self._frozen_rows = (L - n, logits.detach()[:, :L - n].clone())
+            self._aux_grads = self._regulariser_gradients(model, aux_kwargs(state))
             return {"policy": sampled(state), "shared_blocks": L - window(state.cycle)}
 
         def aux_kwargs(state: PhaseState) -> dict[str, Any]:
@@ -450,7 +482,13 @@ class AdaShare(Method):
                     "freeze_below_window": o.curriculum_freeze_logits}
 
         def after_step(state: PhaseState, split: str) -> None:
-            if split == "train2" and self._frozen_rows is not None:
+            if split != "train2":
+                return
+            if logits.grad is not None and self._aux_grads is not None:  # the step's gradient on Φ by term
+                parts = D.split_gradient(logits.grad.detach(), self._aux_grads)
+                D.accumulate(state.extra.setdefault("grad_acc", {}), D.gradient_norms(parts, model.task_names))
+            self._aux_grads = None
+            if self._frozen_rows is not None:
                 k, rows = self._frozen_rows
                 with torch.no_grad():
                     logits[:, :k] = rows
@@ -475,8 +513,14 @@ class AdaShare(Method):
             state.extra["curriculum_complete"] = int(e - 1 >= P.curriculum_complete_cycle(L, o.curriculum_speed, o.is_curriculum))
             probs = P.exec_prob(logits.detach()).cpu()
             hist = state.extra.setdefault("history", [])
-            hist.append({"cycle": e, "temperature": tau(e), "window": window(e - 1),
-                         "exec_prob": [[round(float(v), 6) for v in row] for row in probs]})
+            entry = {"cycle": e, "temperature": tau(e), "window": window(e - 1),
+                     "exec_prob": [[round(float(v), 6) for v in row] for row in probs]}
+            norms = D.cycle_means(state.extra.pop("grad_acc", {}))
+            if norms is not None:  # mean L2 norm over the cycle's policy steps, per loss term
+                entry["grad_norm"] = {k: round(v, 8) for k, v in norms.items()}
+                for k in D.GRAD_TERMS:
+                    state.extra[f"grad_norm_{k}"] = norms[k]  # metrics.jsonl: state/grad_norm_<term>
+            hist.append(entry)
 
         search_opts = {
             "weights": self._optim("sgd", ["backbone", "heads"],
@@ -492,7 +536,7 @@ class AdaShare(Method):
                      aux_kwargs=aux_kwargs)],
             search_opts, cycles=plan.search_cycles, eval_split="val", selection="score",
             select_from_cycle=complete + 1, eval_kwargs=val_kwargs, on_cycle_end=cycle_end,
-            after_step=after_step if o.curriculum_freeze_logits else None, save_init=plan.warm_up_iters == 0)
+            after_step=after_step, save_init=plan.warm_up_iters == 0)
         if plan.warm_up_iters == 0:
             return [search]
         warmup = Phase("warmup", [Stretch("train", "main")], {"main": self._adam_step(plan)},
@@ -501,7 +545,12 @@ class AdaShare(Method):
         return [warmup, search]
 
     def retrain_phases(self, plan: _Plan) -> list[Phase]:
-        """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3)."""
+        """One ``retrain`` phase of a fixed architecture on the full ``train`` split (§8.3); with
+        ``recipe: optim`` the phase ``hard`` trains with (same optimiser, schedule, length, evaluations)."""
+        if self.options.recipe == "optim":
+            t = self.cfg.train
+            return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)}, cycles=t.epochs,
+                          max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience, selection="score")]
         return [Phase("retrain", [Stretch("train", "main")], {"main": self._adam_step(plan)},
                       cycles=-(-plan.retrain_iters // plan.steps_per_epoch), max_steps=plan.retrain_iters,
                       eval_every=plan.eval_every, patience=self.cfg.train.patience, selection="score")]
@@ -657,6 +706,12 @@ class AdaShare(Method):
             a["val_score"] = scores.get(a["name"])
             a["selected"] = a["name"] == selection.get("selected")
         ctx.write_artifact("policy.json", policy)
+
+    def results(self, ctx: MethodContext, model: MultiTaskModel) -> dict[str, Any]:
+        """``results.json``'s ``adashare`` entry: p_exec over the search, the pairwise task distances
+        of the selected policy and the policy-logit gradient sizes per loss term (:mod:`.diagnostics`)."""
+        policy = ctx.read_artifact("policy.json")
+        return {"adashare": D.diagnostics(policy)} if policy else {}
 
     @classmethod
     def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...files import read_jsonl
+from .diagnostics import diagnostics
 from .policy import sharing_similarity
 
 
@@ -138,6 +139,79 @@ def _curves_plot(plt, records: list[dict[str, Any]], tasks: list[str], path: Pat
     return True
 
 
+def _history_rows(history: list[dict[str, Any]], limit: int = 12) -> list[dict[str, Any]]:
+    """At most ``limit`` cycles of the search, evenly spaced, the first and the last always in."""
+    if len(history) <= limit:
+        return list(history)
+    picks = sorted({round(i * (len(history) - 1) / (limit - 1)) for i in range(limit)})
+    return [history[i] for i in picks]
+
+
+def _grad_plot(plt, rows: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    cycles = [r["cycle"] for r in rows]
+    for key, label in (("task", "task losses Σλ_t L_t"), ("sparsity", "λ_sp·L_sparsity"), ("sharing", "λ_sh·L_sharing")):
+        ax.plot(cycles, [max(r.get(key, 0.0), 1e-12) for r in rows], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("search cycle e")
+    ax.set_ylabel("‖∂ term / ∂Φ‖ (mean over the cycle)")
+    ax.set_title("gradient on the policy logits, per loss term")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _diagnostics_lines(plt, policy: dict[str, Any], plots_dir: Path) -> list[str]:
+    """What the policy learned: p_exec per task and block over the cycles, the pairwise task
+    distances of the selected policy, and the gradient sizes of each loss term on the logits
+    (the same numbers as ``results.json``'s ``adashare`` entry)."""
+    diag = diagnostics(policy)
+    tasks, blocks = policy["tasks"], policy["blocks"]
+    lines = ["### What the policy learned", ""]
+    history = diag["exec_prob_history"]
+    if history:
+        cols = [f"{t} {b}" for t in tasks for b in blocks]
+        lines += ["p_exec per task and gated block after search cycles (all cycles: `results.json` → "
+                  "`adashare.exec_prob_history`):", "", "| cycle | " + " | ".join(cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for h in _history_rows(history):
+            lines.append(f"| {h['cycle']} | " + " | ".join(f"{p:.3f}" for row in h["exec_prob"] for p in row) + " |")
+        lines.append("")
+    if len(tasks) > 1:
+        dist = diag["task_distance"]
+        lines += ["Pairwise task distance of the selected policy: mean over blocks of |p_exec(s) − p_exec(t)| "
+                  "(upper triangle) and the Hamming distance of the argmax paths, in blocks (lower triangle):", "",
+                  "| task | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for i, s_ in enumerate(tasks):
+            cells = []
+            for j, t in enumerate(tasks):
+                cells.append("–" if i == j else (f"{dist['mean_abs'][s_][t]:.3f}" if j > i
+                                                  else str(dist["hamming_argmax"][s_][t])))
+            lines.append(f"| {s_} | " + " | ".join(cells) + " |")
+        lines.append("")
+    summary = diag["grad_norm_summary"]
+    if summary:
+        rows = diag["grad_norm_history"]
+        lines += ["Gradient on the policy logits Φ per loss term (L2 norm, mean over a cycle's policy steps): "
+                  f"over the {summary['cycles']} search cycles the **{summary['dominant']}** term was the largest "
+                  "(share of the summed norms: " + ", ".join(
+                      f"{k} {_fmt(v, 3) if v is None else f'{100 * v:.1f} %'}" for k, v in summary["share"].items())
+                  + ").", "",
+                  "| cycle | task losses | λ_sp·sparsity | λ_sh·sharing | " + " | ".join(f"task {t}" for t in tasks) + " |",
+                  "|---|---|---|---|" + "---|" * len(tasks)]
+        for r in _history_rows(rows):
+            lines.append(f"| {r['cycle']} | {r['task']:.3g} | {r['sparsity']:.3g} | {r['sharing']:.3g} | "
+                         + " | ".join(f"{r.get(f'task/{t}', 0.0):.3g}" for t in tasks) + " |")
+        m = summary["mean"]
+        lines.append(f"| mean | {m['task']:.3g} | {m['sparsity']:.3g} | {m['sharing']:.3g} | "
+                     + " | ".join(f"{m.get(f'task/{t}', 0.0):.3g}" for t in tasks) + " |")
+        lines.append("")
+        _grad_plot(plt, rows, plots_dir / "adashare_grad_norms.png")
+        lines += ["![gradient sizes on the policy logits](plots/adashare_grad_norms.png)", ""]
+    return lines
+
+
 def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
     """Markdown lines (and PNGs in ``plots_dir``) for the AdaShare section of ``report.md``."""
     path = run_dir / "policy.json"
@@ -172,6 +246,7 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
         lines += ["![task sharing similarity](plots/adashare_sharing.png)", ""]
     if _history_plot(plt, policy, plots_dir / "adashare_exec_prob_history.png"):
         lines += ["![p_exec over the search](plots/adashare_exec_prob_history.png)", ""]
+    lines += _diagnostics_lines(plt, policy, plots_dir)
     if _curves_plot(plt, read_jsonl(Path(run_dir) / "metrics.jsonl"), tasks, plots_dir / "adashare_curves.png"):
         lines += ["![training curves](plots/adashare_curves.png)", ""]
 
