@@ -120,6 +120,16 @@ def gumbel_matrix_mnist(seeds=(0, 1, 2)) -> list[Run]:
                  *GM_MNIST_REDUCED) for seed in seeds for variant in GM_MNIST_VARIANTS]
 
 
+# Parameter allocation, Omniglot with 20 alphabets (spec §7.2): shared_bottom and gumbel_matrix on the
+# CPU variant (28×28, 16 filters, 500 rounds, inline evaluation on train and validation every 50 rounds)
+GM_OMNIGLOT_VARIANTS = ("shared_bottom", "gumbel_matrix")
+
+
+def gumbel_matrix_omniglot(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("gumbel_matrix-omniglot", f"{variant}-seed{seed}", f"configs/gumbel_matrix/omniglot_{variant}_cpu.yaml",
+                 seed) for seed in seeds for variant in GM_OMNIGLOT_VARIANTS]
+
+
 # Model selection rules: the rule of earlier releases (`objective`) against the default (`loss_ratio`)
 # on the issue's failing case (generated shapes, the issue's command, seeds 0-7), Adult, MNIST and IXI
 SELECTION_RULES = ("objective", "loss_ratio")
@@ -175,6 +185,7 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-mnist-task_bn": adashare_task_bn(),
     "yt8m": yt8m(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
+    "gumbel_matrix-omniglot": gumbel_matrix_omniglot(),
 
 
     "selection": selection(),
@@ -199,6 +210,15 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         extra["selected"] = results["selection"].get("selected")
         extra["candidates"] = candidates["n"]
     figures.update(allocation_figures(run_dir, results))
+    checkpoints = results.get("checkpoints")
+    if checkpoints:  # the routing methods' checkpoint table (checkpoints.csv): the selection and its curves
+        figures["checkpoints.evaluations"] = checkpoints["evaluations"]
+        if checkpoints.get("selected_round") is not None:
+            figures["checkpoints.selected_round"] = checkpoints["selected_round"]
+        for split, value in checkpoints.get("selected_average", {}).items():
+            if value is not None:
+                figures[f"checkpoints.selected_average.{split}"] = value
+        extra["curves"] = checkpoints.get("curves")
     policy = run_dir / "policy.json"
     if policy.exists():
         p = json.loads(policy.read_text())
