@@ -130,6 +130,16 @@ def gumbel_matrix_omniglot(seeds=(0, 1, 2)) -> list[Run]:
                  seed) for seed in seeds for variant in GM_OMNIGLOT_VARIANTS]
 
 
+# Parameter allocation, three task clusters (spec §7.3, preset offline: 20 Omniglot alphabets, MNIST and
+# scikit-learn digits leave-one-out): the CPU variant (300 rounds, validation every 100 rounds)
+GM_CLUSTERS_VARIANTS = ("gumbel_matrix", "shared_bottom")
+
+
+def gumbel_matrix_clusters(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("gumbel_matrix-clusters", f"{variant}-seed{seed}", f"configs/gumbel_matrix/clusters_{variant}_cpu.yaml",
+                 seed) for seed in seeds for variant in GM_CLUSTERS_VARIANTS]
+
+
 # Model selection rules: the rule of earlier releases (`objective`) against the default (`loss_ratio`)
 # on the failing case (generated shapes, the command, seeds 0-7), Adult, MNIST and IXI
 SELECTION_RULES = ("objective", "loss_ratio")
@@ -186,6 +196,7 @@ SECTIONS: dict[str, list[Run]] = {
     "yt8m": yt8m(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
     "gumbel_matrix-omniglot": gumbel_matrix_omniglot(),
+    "gumbel_matrix-clusters": gumbel_matrix_clusters(),
 
 
     "selection": selection(),
@@ -247,8 +258,12 @@ def allocation_figures(run_dir: Path, results: dict) -> dict[str, float]:
             figures[f"allocation.expected_fraction.{task}"] = sum(p) / len(p)
     for kind, sep in (allocation.get("similarity") or {}).get("separation", {}).items():
         for key in ("within", "across", "difference"):
-            if sep.get(key) is not None:
+            if sep and sep.get(key) is not None:
                 figures[f"allocation.separation.{kind}.{key}"] = sep[key]
+        for family, parts in ((sep or {}).get("by_family") or {}).items():  # the per-family breakdown (§7.3)
+            for key in ("within", "across", "difference"):
+                if parts.get(key) is not None:
+                    figures[f"allocation.separation.{kind}.by_family.{family}.{key}"] = parts[key]
     return figures
 
 

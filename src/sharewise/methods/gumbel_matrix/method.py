@@ -227,7 +227,8 @@ class _Routing(Method):
     def train_candidates(self, ctx: MethodContext, run_phases: Callable[..., list[dict[str, Any]]], *,
                          resume: bool = False, stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         candidates, summaries = super().train_candidates(ctx, run_phases, resume=resume, stage=stage)
-        ctx.write_artifact(ALLOCATION, allocation_record(ctx.model, self.name, self.options.model_dump(mode="json")))
+        ctx.write_artifact(ALLOCATION, allocation_record(ctx.model, self.name, self.options.model_dump(mode="json"),
+                                                         families=task_families(ctx)))
         summary = summaries[-1] if summaries else {}
         rows = checkpoint_rows(Path(ctx.run_dir) / "metrics.jsonl", [t.name for t in ctx.tasks],
                                selected_step=summary.get("best_step") if summary.get("selection") == "score" else None)
@@ -238,7 +239,7 @@ class _Routing(Method):
     def results(self, ctx: MethodContext, model: MultiTaskModel) -> dict[str, Any]:
         """``results.json``'s ``allocation``: the pattern's task similarity and family separation."""
         assert isinstance(model, RoutedNetwork)
-        record = allocation_record(model, self.name, {})
+        record = allocation_record(model, self.name, {}, families=task_families(ctx))
         out: dict[str, Any] = {"allocation": {k: record[k] for k in ("total_components", "active_fraction",
                                                                      "similarity")}}
         table = ctx.read_artifact(CHECKPOINTS)
@@ -253,9 +254,19 @@ class _Routing(Method):
         return allocation_report(Path(run_dir), Path(plots_dir))
 
 
-def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any]) -> dict[str, Any]:
+def task_families(ctx: MethodContext) -> dict[str, str] | None:
+    """Task → family where the data knows it (``task_families``: the source of each task); for the
+    plots and the separation score only, never given to the model."""
+    meta = getattr(ctx.data, "meta", None) or {}
+    families = meta.get("families")
+    return dict(families) if isinstance(families, dict) else None
+
+
+def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any],
+                      families: dict[str, str] | None = None) -> dict[str, Any]:
     """``allocation.json``: per routed layer and task ``p`` and the binary pattern ``1[p ≥ 0.5]``,
-    with the similarity of the tasks' concatenated patterns (§6)."""
+    with the similarity of the tasks' concatenated patterns (§6), grouped by ``families`` (task →
+    family; default from the task names)."""
     names = model.task_names
     with torch.no_grad():
         probs = [p.detach().cpu() for p in model.probabilities()]
@@ -269,7 +280,9 @@ def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any]
     return {"method": method, "router": "learned" if model.learned else "fixed", "aggregation": model.aggregation,
             "tasks": names, "total_components": model.total_components, "layers": layers,
             "active_fraction": {t: float(binary[i].mean()) for i, t in enumerate(names)},
-            "similarity": similarity_summary(names, binary, soft), "options": options}
+            "similarity": similarity_summary(names, binary, soft,
+                                             [families[t] for t in names] if families else None),
+            "options": options}
 
 
 @register_method
@@ -326,5 +339,5 @@ class SharedBottom(_Routing):
         return {"aggregation": self.options.aggregation, "l2": self.options.l2}
 
 
-__all__ = ["ALLOCATION", "CHECKPOINTS", "FixedRouterOptions", "GumbelMatrix", "GumbelMatrixOptions", "NetworkOptions", "NoSharing",
+__all__ = ["ALLOCATION", "CHECKPOINTS", "task_families", "FixedRouterOptions", "GumbelMatrix", "GumbelMatrixOptions", "NetworkOptions", "NoSharing",
            "SharedBottom", "SharedBottomOptions", "allocation_record"]

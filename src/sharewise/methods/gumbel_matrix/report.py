@@ -42,7 +42,11 @@ def _pattern_plot(record: dict, order: list[int], path: Path) -> None:
     starts = np.cumsum([0] + [layer["components"] for layer in record["layers"]])[:-1]
     ax.set_xticks([s + (layer["components"] - 1) / 2 for s, layer in zip(starts, record["layers"])],
                   [layer["layer"] for layer in record["layers"]])
-    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=8 if len(tasks) <= 24 else 6)
+    families = [record["similarity"]["families"][i] for i in order]
+    for row in range(1, len(tasks)):  # a line between families (rows are grouped by family)
+        if families[row] != families[row - 1]:
+            ax.axhline(row - 0.5, color="tab:blue", linewidth=1.5)
     ax.set_title("allocation 1[p ≥ 0.5] (tasks × components)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
