@@ -123,10 +123,12 @@ def test_checkpoint_table_rows_average_and_selected(tmp_path):
 
 def _poison_test_labels(monkeypatch):
     """Every Omniglot test label replaced by another class: a model selected on test would change."""
-    from sharewise.data import sources
+    import sys
 
-    sources.sources()
-    info = sources._SOURCES["omniglot"]
+    from sharewise.data.sources import sources
+
+    sources()
+    info = sys.modules["sharewise.data.sources"]._SOURCES["omniglot"]
     original = info.build
 
     def poisoned(cfg, opts):
@@ -166,7 +168,8 @@ def _omniglot_run(tmp_path, name, *extra):
     out = tmp_path / name
     rc = main(["run", "--config", "configs/gumbel_matrix/omniglot_gumbel_matrix_cpu.yaml", "--out", str(out),
                "--no-progress", "--set", f"data.path={data}", "--set", "data.alphabets=all", "--set", "data.image_size=12",
-               "--set", "method.steps_per_task=8", "--set", "method.eval_every_rounds=2", "--set", "train.eval_batch_size=64",
+               "--set", "method.steps_per_task=6", "--set", "method.eval_every_rounds=2", "--set", "method.network=mlp",
+               "--set", "method.widths=[16]", "--set", "train.eval_batch_size=64",
                "--set", "method.p0=0.6", *extra])
     assert rc == 0
     return out
@@ -181,12 +184,12 @@ def test_selection_never_reads_test_and_tests_the_selected_checkpoint_once(tmp_p
     clean_calls: list = []
     _count_evaluations(monkeypatch, clean_calls)
     clean = _omniglot_run(tmp_path, "clean")
-    # inline: validation and train at each of the 5 checkpoints (rounds 2, 4, 6, 8, and the last), test never;
-    # then test once, on the selected model
-    assert [s for w, s in clean_calls if w == "trainer"] == ["val", "train"] * 4
+    # inline: validation and train at each of the 3 checkpoints (rounds 2, 4, 6), test never; then test once,
+    # on the selected model
+    assert [s for w, s in clean_calls if w == "trainer"] == ["val", "train"] * 3
     assert [s for w, s in clean_calls if w == "runner"] == ["val", "test"]  # the candidate's validation again
     clean_rows, diag = _curves(clean)
-    assert diag == [] and len({r["step"] for r in clean_rows}) == 4
+    assert diag == [] and len({r["step"] for r in clean_rows}) == 3
     selected = {r["step"] for r in clean_rows if r["selected"] == "1"}
     val_average = {int(r["step"]): float(r["accuracy"]) for r in clean_rows if r["split"] == "val" and r["task"] == "Average"}
     assert selected == {str(max(val_average, key=lambda s: (val_average[s], -s)))}  # the first best validation Average
@@ -201,7 +204,7 @@ def test_selection_never_reads_test_and_tests_the_selected_checkpoint_once(tmp_p
     rows, diag = _curves(poisoned)
     assert rows == clean_rows  # the same validation and train curves, the same selected checkpoint
     assert len(diag) == len([r for r in rows if r["split"] == "val"])  # the diagnostic: test at every checkpoint
-    assert [s for w, s in poisoned_calls if w == "trainer"] == ["val", "train", "test"] * 4
+    assert [s for w, s in poisoned_calls if w == "trainer"] == ["val", "train", "test"] * 3
     assert [s for w, s in poisoned_calls if w == "runner"] == ["val", "test"]
     test_clean = json.loads((clean / "results.json").read_text())["tasks"]
     test_poisoned = json.loads((poisoned / "results.json").read_text())["tasks"]
