@@ -496,14 +496,14 @@ def commands_block(runs_root: Path, section: str) -> str:
 
 
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
-            "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
+            "gumbel_matrix-mnist": ("gumbel_matrix-mnist",), "gumbel_matrix-clusters": ("gumbel_matrix-clusters",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
     register(f"measured-{_key}", " ".join(f"benchmarks/results/runs/{s}/*.json" for s in _sections))(
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
-                 "gumbel_matrix-mnist", "selection"):
+                 "gumbel_matrix-mnist", "gumbel_matrix-clusters", "selection"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
@@ -610,6 +610,69 @@ def gumbel_matrix_mnist_allocation(runs_root: Path) -> str:
                                  else f"{f[f'allocation.separation.{k}.{x}']:.3f}" for x in ("within", "across", "difference"))
                    for k in ("binary", "soft")}
             rows.append(f"| {label} | {seed} | {active} | {expected} | {sep['binary']} | {sep['soft']} |")
+    return "\n".join(rows)
+
+
+# --- parameter allocation, three task clusters (benchmarks/section_runs.py gumbel_matrix-clusters) -------
+
+GM_CLUSTERS_ROWS = (("gumbel_matrix", "`gumbel_matrix`, budget 0.5, λ_b = 1"), ("shared_bottom", "`shared_bottom`"))
+
+
+def cluster_family(task: str) -> str:
+    """A clusters task's family from its name (the task_families source's names)."""
+    for family in ("mnist", "fashion", "digits"):
+        if task.startswith(f"{family}_loo"):
+            return family
+    return "omniglot" if not task.startswith("coarse") else "cifar100"
+
+
+def _gm_cluster_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
+    folder = Path(runs_root) / "gumbel_matrix-clusters"
+    out = []
+    for name, label in GM_CLUSTERS_ROWS:
+        for path in sorted(folder.glob(f"{name}-seed*.json")):
+            seed = path.stem.rsplit("-seed", 1)[1]
+            if seed.isdigit():
+                out.append((name, label, int(seed), _record(runs_root, "gumbel_matrix-clusters", path.stem)))
+    if not out:
+        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-clusters: no record")
+    return out
+
+
+@register("gumbel_matrix-clusters", "benchmarks/results/runs/gumbel_matrix-clusters/*-seed<S>.json")
+def gumbel_matrix_clusters_table(runs_root: Path) -> str:
+    records = _gm_cluster_records(runs_root)
+    families = sorted({cluster_family(k.rsplit(".", 1)[0]) for _, _, _, r in records for k in r["figures"]
+                       if k.endswith(".accuracy") and "." not in k.rsplit(".", 1)[0]},
+                      key=["omniglot", "cifar100", "mnist", "fashion", "digits"].index)
+    rows = ["| variant | seed | " + " | ".join(f"{f} test acc (mean over its tasks) ↑" for f in families)
+            + " | all tasks ↑ | selected round | validation Average there | wall |", "|---" * (len(families) + 6) + "|"]
+    for _, label, seed, rec in records:
+        f = rec["figures"]
+        acc = {k.rsplit(".", 1)[0]: v for k, v in f.items() if k.endswith(".accuracy") and k.count(".") == 1}
+        cells = [f"{statistics.mean(v for t, v in acc.items() if cluster_family(t) == fam):.4f}" for fam in families]
+        rows.append(f"| {label} | {seed} | " + " | ".join(cells) + f" | {statistics.mean(acc.values()):.4f} "
+                    f"| {f.get('checkpoints.selected_round', float('nan')):g} "
+                    f"| {f.get('checkpoints.selected_average.val', float('nan')):.4f} | {_walls([rec])} |")
+    return "\n".join(rows)
+
+
+@register("gumbel_matrix-clusters-separation",
+          "benchmarks/results/runs/gumbel_matrix-clusters/gumbel_matrix-seed<S>.json")
+def gumbel_matrix_clusters_separation(runs_root: Path) -> str:
+    records = [r for r in _gm_cluster_records(runs_root) if r[0] == "gumbel_matrix"]
+    rows = ["| seed | similarity | within family | across families | difference | per family: within / across / "
+            "difference | active fraction (mean over tasks) |", "|---" * 7 + "|"]
+    for _, _, seed, rec in records:
+        f = rec["figures"]
+        active = statistics.mean(v for k, v in f.items() if k.startswith("allocation.active_fraction."))
+        for kind in ("binary", "soft"):
+            base = f"allocation.separation.{kind}"
+            fams = sorted({k[len(base) + 11:].rsplit(".", 1)[0] for k in f if k.startswith(base + ".by_family.")})
+            per = "; ".join(f"{fam} {f[f'{base}.by_family.{fam}.within']:.3f} / {f[f'{base}.by_family.{fam}.across']:.3f}"
+                            f" / {f[f'{base}.by_family.{fam}.difference']:+.3f}" for fam in fams)
+            rows.append(f"| {seed} | {kind} | {f[f'{base}.within']:.3f} | {f[f'{base}.across']:.3f} "
+                        f"| {f[f'{base}.difference']:+.3f} | {per} | {active:.2f} |")
     return "\n".join(rows)
 
 
