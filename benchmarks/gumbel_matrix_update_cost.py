@@ -7,7 +7,7 @@ the method's auxiliary losses), to size the CPU variants and the published sched
 ``--full`` adds the published Omniglot network (105×105, 48 filters; about 10 CPU seconds an
 update, 3 updates). CPU time is `time.process_time` of this process, so another process loading the
 machine raises the wall time far more than the CPU time; both are stored (record
-``speed/gumbel_matrix-update-cost``).
+``gumbel_matrix-cost/update-cost``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main() -> int:
         figures[f"{name}.wall_s_per_update"] = wall
         print(f"{name}: {cpu:.3f} CPU s / update, {wall:.3f} wall s / update ({n} updates, batch {batch})", flush=True)
     if not args.no_record:
-        record_benchmark("speed", "gumbel_matrix-update-cost", result, figures, threads=args.threads,
+        record_benchmark("gumbel_matrix-cost", "update-cost", result, figures, threads=args.threads,
                          script="gumbel_matrix_update_cost.py", argv=None)
     return 0
 
