@@ -497,6 +497,7 @@ def commands_block(runs_root: Path, section: str) -> str:
 
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",), "gumbel_matrix-clusters": ("gumbel_matrix-clusters",),
+            "gumbel_matrix-cost": ("gumbel_matrix-cost",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
@@ -610,6 +611,41 @@ def gumbel_matrix_mnist_allocation(runs_root: Path) -> str:
                                  else f"{f[f'allocation.separation.{k}.{x}']:.3f}" for x in ("within", "across", "difference"))
                    for k in ("binary", "soft")}
             rows.append(f"| {label} | {seed} | {active} | {expected} | {sep['binary']} | {sep['soft']} |")
+    return "\n".join(rows)
+
+
+# --- parameter allocation: the cost of one update (benchmarks/gumbel_matrix_update_cost.py) ---------------
+
+GM_COST_ROWS = (("omniglot28-f16-shared_bottom", "Omniglot-20 CPU variant (28×28, 16 filters), `shared_bottom`", 10_000),
+                ("omniglot28-f16-gumbel_matrix", "Omniglot-20 CPU variant (28×28, 16 filters), `gumbel_matrix`", 10_000),
+                ("omniglot105-f48-gumbel_matrix", "Omniglot-20 published (105×105, 48 filters), `gumbel_matrix`; "
+                 "updates: the published 8 000 rounds", 160_000),
+                ("clusters-shared_bottom", "clusters (3×32×32, 40 tasks), `shared_bottom`", 12_000),
+                ("clusters-gumbel_matrix", "clusters (3×32×32, 40 tasks), `gumbel_matrix`", 12_000))
+
+
+def _cpu_time(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+@register("gumbel_matrix-cost", "benchmarks/results/runs/gumbel_matrix-cost/update-cost*.json; ranges over every stored run")
+def gumbel_matrix_cost(runs_root: Path) -> str:
+    runs = load_runs("gumbel_matrix-cost", "update-cost", runs_root)
+    rows = ["| network, method | CPU s / update | wall s / update (machine loaded) | updates in the schedule "
+            "| CPU time of those updates |", "|---" * 5 + "|"]
+    for key, label, updates in GM_COST_ROWS:
+        cpu = [r["figures"][f"{key}.cpu_s_per_update"] for r in runs if f"{key}.cpu_s_per_update" in r["figures"]]
+        wall = [r["figures"][f"{key}.wall_s_per_update"] for r in runs if f"{key}.wall_s_per_update" in r["figures"]]
+        if not cpu:
+            continue
+        span = (lambda v, d: f"{min(v):.{d}f}" if len(v) == 1 or round(min(v), d) == round(max(v), d)
+                else f"{min(v):.{d}f} – {max(v):.{d}f}")
+        rows.append(f"| {label} | {span(cpu, 3)} | {span(wall, 3)} | {grouped(updates)} "
+                    f"| {_cpu_time(min(cpu) * updates)} |")
     return "\n".join(rows)
 
 
