@@ -608,7 +608,8 @@ def commands_block(runs_root: Path, section: str) -> str:
 
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "omniglot50": ("omniglot50",),
-            "gumbel_matrix-mnist": ("gumbel_matrix-mnist",),
+            "gumbel_matrix-mnist": ("gumbel_matrix-mnist",), "gumbel_matrix-clusters": ("gumbel_matrix-clusters",),
+            "gumbel_matrix-cost": ("gumbel_matrix-cost",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
             "adashare-known-answer": ("adashare-known-answer",),
@@ -618,8 +619,8 @@ for _key, _sections in MEASURED.items():
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
                  "omniglot50",
-                 "gumbel_matrix-mnist", "selection", "adashare-adult-fair", "adashare-adult-fair-paper",
-                 "adashare-known-answer"):
+                 "gumbel_matrix-mnist", "gumbel_matrix-clusters", "selection", "adashare-adult-fair",
+                 "adashare-adult-fair-paper", "adashare-known-answer"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 
@@ -726,6 +727,104 @@ def gumbel_matrix_mnist_allocation(runs_root: Path) -> str:
                                  else f"{f[f'allocation.separation.{k}.{x}']:.3f}" for x in ("within", "across", "difference"))
                    for k in ("binary", "soft")}
             rows.append(f"| {label} | {seed} | {active} | {expected} | {sep['binary']} | {sep['soft']} |")
+    return "\n".join(rows)
+
+
+# --- parameter allocation: the cost of one update (benchmarks/gumbel_matrix_update_cost.py) ---------------
+
+GM_COST_ROWS = (("omniglot28-f16-shared_bottom", "Omniglot-20 CPU variant (28×28, 16 filters), `shared_bottom`", 10_000),
+                ("omniglot28-f16-gumbel_matrix", "Omniglot-20 CPU variant (28×28, 16 filters), `gumbel_matrix`", 10_000),
+                ("omniglot105-f48-gumbel_matrix", "Omniglot-20 published (105×105, 48 filters), `gumbel_matrix`; "
+                 "updates: the published 8 000 rounds", 160_000),
+                ("clusters-shared_bottom", "clusters (3×32×32, 40 tasks), `shared_bottom`", 12_000),
+                ("clusters-gumbel_matrix", "clusters (3×32×32, 40 tasks), `gumbel_matrix`", 12_000))
+
+
+def _cpu_time(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+@register("gumbel_matrix-cost", "benchmarks/results/runs/gumbel_matrix-cost/update-cost*.json; ranges over every stored run")
+def gumbel_matrix_cost(runs_root: Path) -> str:
+    runs = load_runs("gumbel_matrix-cost", "update-cost", runs_root)
+    rows = ["| network, method | CPU s / update | wall s / update (machine loaded) | updates in the schedule "
+            "| CPU time of those updates |", "|---" * 5 + "|"]
+    for key, label, updates in GM_COST_ROWS:
+        cpu = [r["figures"][f"{key}.cpu_s_per_update"] for r in runs if f"{key}.cpu_s_per_update" in r["figures"]]
+        wall = [r["figures"][f"{key}.wall_s_per_update"] for r in runs if f"{key}.wall_s_per_update" in r["figures"]]
+        if not cpu:
+            continue
+        span = (lambda v, d: f"{min(v):.{d}f}" if len(v) == 1 or round(min(v), d) == round(max(v), d)
+                else f"{min(v):.{d}f} – {max(v):.{d}f}")
+        rows.append(f"| {label} | {span(cpu, 3)} | {span(wall, 3)} | {grouped(updates)} "
+                    f"| {_cpu_time(min(cpu) * updates)} |")
+    return "\n".join(rows)
+
+
+# --- parameter allocation, three task clusters (benchmarks/section_runs.py gumbel_matrix-clusters) -------
+
+GM_CLUSTERS_ROWS = (("gumbel_matrix", "`gumbel_matrix`, budget 0.5, λ_b = 1"), ("shared_bottom", "`shared_bottom`"))
+
+
+def cluster_family(task: str) -> str:
+    """A clusters task's family from its name (the task_families source's names)."""
+    for family in ("mnist", "fashion", "digits"):
+        if task.startswith(f"{family}_loo"):
+            return family
+    return "omniglot" if not task.startswith("coarse") else "cifar100"
+
+
+def _gm_cluster_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
+    folder = Path(runs_root) / "gumbel_matrix-clusters"
+    out = []
+    for name, label in GM_CLUSTERS_ROWS:
+        for path in sorted(folder.glob(f"{name}-seed*.json")):
+            seed = path.stem.rsplit("-seed", 1)[1]
+            if seed.isdigit():
+                out.append((name, label, int(seed), _record(runs_root, "gumbel_matrix-clusters", path.stem)))
+    if not out:
+        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-clusters: no record")
+    return out
+
+
+@register("gumbel_matrix-clusters", "benchmarks/results/runs/gumbel_matrix-clusters/*-seed<S>.json")
+def gumbel_matrix_clusters_table(runs_root: Path) -> str:
+    records = _gm_cluster_records(runs_root)
+    families = sorted({cluster_family(k.rsplit(".", 1)[0]) for _, _, _, r in records for k in r["figures"]
+                       if k.endswith(".accuracy") and "." not in k.rsplit(".", 1)[0]},
+                      key=["omniglot", "cifar100", "mnist", "fashion", "digits"].index)
+    rows = ["| variant | seed | " + " | ".join(f"{f} test acc (mean over its tasks) ↑" for f in families)
+            + " | all tasks ↑ | selected round | validation Average there | wall |", "|---" * (len(families) + 6) + "|"]
+    for _, label, seed, rec in records:
+        f = rec["figures"]
+        acc = {k.rsplit(".", 1)[0]: v for k, v in f.items() if k.endswith(".accuracy") and k.count(".") == 1}
+        cells = [f"{statistics.mean(v for t, v in acc.items() if cluster_family(t) == fam):.4f}" for fam in families]
+        rows.append(f"| {label} | {seed} | " + " | ".join(cells) + f" | {statistics.mean(acc.values()):.4f} "
+                    f"| {f.get('checkpoints.selected_round', float('nan')):g} "
+                    f"| {f.get('checkpoints.selected_average.val', float('nan')):.4f} | {_walls([rec])} |")
+    return "\n".join(rows)
+
+
+@register("gumbel_matrix-clusters-separation",
+          "benchmarks/results/runs/gumbel_matrix-clusters/gumbel_matrix-seed<S>.json")
+def gumbel_matrix_clusters_separation(runs_root: Path) -> str:
+    records = [r for r in _gm_cluster_records(runs_root) if r[0] == "gumbel_matrix"]
+    rows = ["| seed | similarity | within family | across families | difference | per family: within / across / "
+            "difference | active fraction (mean over tasks) |", "|---" * 7 + "|"]
+    for _, _, seed, rec in records:
+        f = rec["figures"]
+        active = statistics.mean(v for k, v in f.items() if k.startswith("allocation.active_fraction."))
+        for kind in ("binary", "soft"):
+            base = f"allocation.separation.{kind}"
+            fams = sorted({k[len(base) + 11:].rsplit(".", 1)[0] for k in f if k.startswith(base + ".by_family.")})
+            per = "; ".join(f"{fam} {f[f'{base}.by_family.{fam}.within']:.3f} / {f[f'{base}.by_family.{fam}.across']:.3f}"
+                            f" / {f[f'{base}.by_family.{fam}.difference']:+.3f}" for fam in fams)
+            rows.append(f"| {seed} | {kind} | {f[f'{base}.within']:.3f} | {f[f'{base}.across']:.3f} "
+                        f"| {f[f'{base}.difference']:+.3f} | {per} | {active:.2f} |")
     return "\n".join(rows)
 
 

@@ -146,6 +146,26 @@ def gumbel_matrix_mnist(seeds=(0, 1, 2)) -> list[Run]:
                  *GM_MNIST_REDUCED) for seed in seeds for variant in GM_MNIST_VARIANTS]
 
 
+# Parameter allocation, Omniglot with 20 alphabets (spec §7.2): shared_bottom and gumbel_matrix on the
+# CPU variant (28×28, 16 filters, 500 rounds, inline evaluation on train and validation every 50 rounds)
+GM_OMNIGLOT_VARIANTS = ("shared_bottom", "gumbel_matrix")
+
+
+def gumbel_matrix_omniglot(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("gumbel_matrix-omniglot", f"{variant}-seed{seed}", f"configs/gumbel_matrix/omniglot_{variant}_cpu.yaml",
+                 seed) for seed in seeds for variant in GM_OMNIGLOT_VARIANTS]
+
+
+# Parameter allocation, three task clusters (spec §7.3, preset offline: 20 Omniglot alphabets, MNIST and
+# scikit-learn digits leave-one-out): the CPU variant (300 rounds, validation every 100 rounds)
+GM_CLUSTERS_VARIANTS = ("gumbel_matrix", "shared_bottom")
+
+
+def gumbel_matrix_clusters(seeds=(0, 1, 2)) -> list[Run]:
+    return [_run("gumbel_matrix-clusters", f"{variant}-seed{seed}", f"configs/gumbel_matrix/clusters_{variant}_cpu.yaml",
+                 seed) for seed in seeds for variant in GM_CLUSTERS_VARIANTS]
+
+
 # Model selection rules: the rule of earlier releases (`objective`) against the default (`loss_ratio`)
 # on the issue's failing case (generated shapes, the issue's command, seeds 0-7), Adult, MNIST and IXI
 SELECTION_RULES = ("objective", "loss_ratio")
@@ -210,6 +230,8 @@ SECTIONS: dict[str, list[Run]] = {
     "yt8m": yt8m(),
     "omniglot50": omniglot50(),
     "gumbel_matrix-mnist": gumbel_matrix_mnist(),
+    "gumbel_matrix-omniglot": gumbel_matrix_omniglot(),
+    "gumbel_matrix-clusters": gumbel_matrix_clusters(),
 
 
     "selection": selection(),
@@ -255,6 +277,15 @@ def figures_of(run_dir: Path) -> tuple[dict[str, float], dict]:
         diag = results["adashare"]
         extra["diagnostics"] = {"task_distance": diag["task_distance"], "grad_norm_summary": diag["grad_norm_summary"],
                                 "exec_prob_history": diag["exec_prob_history"]}
+    checkpoints = results.get("checkpoints")
+    if checkpoints:  # the routing methods' checkpoint table (checkpoints.csv): the selection and its curves
+        figures["checkpoints.evaluations"] = checkpoints["evaluations"]
+        if checkpoints.get("selected_round") is not None:
+            figures["checkpoints.selected_round"] = checkpoints["selected_round"]
+        for split, value in checkpoints.get("selected_average", {}).items():
+            if value is not None:
+                figures[f"checkpoints.selected_average.{split}"] = value
+        extra["curves"] = checkpoints.get("curves")
     policy = run_dir / "policy.json"
     if policy.exists():
         p = json.loads(policy.read_text())
@@ -305,8 +336,12 @@ def allocation_figures(run_dir: Path, results: dict) -> dict[str, float]:
             figures[f"allocation.expected_fraction.{task}"] = sum(p) / len(p)
     for kind, sep in (allocation.get("similarity") or {}).get("separation", {}).items():
         for key in ("within", "across", "difference"):
-            if sep.get(key) is not None:
+            if sep and sep.get(key) is not None:
                 figures[f"allocation.separation.{kind}.{key}"] = sep[key]
+        for family, parts in ((sep or {}).get("by_family") or {}).items():  # the per-family breakdown (§7.3)
+            for key in ("within", "across", "difference"):
+                if parts.get(key) is not None:
+                    figures[f"allocation.separation.{kind}.by_family.{family}.{key}"] = parts[key]
     return figures
 
 

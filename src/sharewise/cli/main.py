@@ -122,6 +122,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="gumbel_matrix: allowed expected fraction of active connections (method.budget)")
     p.add_argument(*_alias("--budget-penalty"), dest="budget_penalty", type=float, metavar="L",
                    help="gumbel_matrix: weight of the budget penalty (method.budget_penalty; 0: off)")
+    p.add_argument(*_alias("--all-splits"), dest="all_splits", action="store_true", default=None,
+                   help="gumbel_matrix, shared_bottom, no_sharing: also evaluate test at every inline evaluation, a "
+                        "labelled diagnostic curve never used for selection (method.all_splits)")
     p.add_argument("--seed", type=_integer, help="run seed (train.seed)")
     p.add_argument(*_alias("--exp-name"), dest="exp_name", help="run name: the run directory is runs/<exp-name>")
     p.add_argument("--out", "-o", help="run directory (overrides runs/<exp-name>)")
@@ -222,6 +225,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     put("backbone.name", args.backbone, "--backbone")
     put("method.budget", getattr(args, "budget", None), "--budget")
     put("method.budget_penalty", getattr(args, "budget_penalty", None), "--budget-penalty")
+    put("method.all_splits", getattr(args, "all_splits", None), "--all-splits")
     put("train.seed", args.seed, "--seed")
     put("train.epochs", args.epochs, "--epochs")
     if getattr(args, "exp_ids", None):

@@ -56,7 +56,7 @@ def sources() -> dict[str, SourceInfo]:
 
 def _load_builtin_sources() -> None:
     from . import _table_source  # noqa: F401  (registers table and digits)
-    from . import idx, image_folder, image_table, omniglot  # noqa: F401  (image sources)
+    from . import families, idx, image_folder, image_table, omniglot  # noqa: F401  (image sources)
     from . import volume  # noqa: F401  (volumes: NIfTI/.npy + phenotype table)
     from . import yt8m  # noqa: F401  (Youtube-8M TFRecord shards)
 

@@ -64,6 +64,11 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         offset += n
 
 
+# how a monitored split's rows are labelled in metrics.jsonl: not "train", the training losses' label;
+# test rows are a diagnostic, never the test
+MONITOR_LABELS = {"train": "train_eval", "test": "test_diagnostic"}
+
+
 class Interrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; ``resume_hint`` says how to continue."""
 
@@ -444,6 +449,12 @@ class Trainer:
         flat = {f"{t}/{m}": v for t, ms in val.items() for m, v in ms.items() if m != "n"}
         flat["selection_score"] = score
         self.logger.log(phase.name, state.step, flat, split=phase.eval_split, cycle=state.cycle)
+        for split in phase.monitor_splits:  # learning curves only: nothing below reads them
+            seen = evaluate(self.model, self.data, split, self.tasks, batch_size=self.eval_batch_size,
+                            device=self.device, forward_kwargs=kwargs)
+            self.logger.log(phase.name, state.step, {f"{t}/{m}": v for t, ms in seen.items() for m, v in ms.items()
+                                                     if m != "n"},
+                            split=MONITOR_LABELS.get(split, split), cycle=state.cycle)
         progress = self._progress
         eligible = state.cycle >= phase.select_from_cycle
         improved_now = False  # the whole model taken by the selection at this evaluation

@@ -158,6 +158,10 @@ class Phase:
     loop: Literal["joint", "round_robin"] = "joint"
     init_from: str | None = None  # checkpoint name restored before the phase ("init", "warmup/best", ...)
     save_init: bool = False  # save the model as checkpoint ``init`` before any update
+    # splits evaluated and logged at every evaluation beside ``eval_split``, never used for the
+    # selection (a learning curve): ``train`` (logged as split ``train_eval``) and ``test`` only as the
+    # opt-in diagnostic (logged as ``test_diagnostic``)
+    monitor_splits: tuple[str, ...] = ()
 
 
 def positive_widths(cls: type, v: list[int]) -> list[int]:

@@ -33,9 +33,11 @@ from ..base import (BuildContext, Candidate, Method, MethodContext, MultiTaskMod
                     positive_widths, register_method)
 from .network import (PRESET_COMPONENTS, RoutedNetwork, all_ones_router, gumbel_router, identity_router, keras_init,
                       preset_layers)
+from .checkpoints import checkpoint_rows, checkpoint_summary, checkpoint_table
 from .similarity import similarity_summary
 
 ALLOCATION = "allocation.json"
+CHECKPOINTS = "checkpoints.csv"
 
 
 class NetworkOptions(BaseModel):
@@ -47,6 +49,9 @@ class NetworkOptions(BaseModel):
     components: int | Literal["tasks"] | None = Field(
         None, description="C of every routed layer (mnist, mlp); default mnist 4, mlp one per task")
     widths: list[int] = Field(default_factory=lambda: [32, 32], description="mlp: the routed layers' widths")
+    filters: int | None = Field(None, ge=4, description="filters of every convolution (mnist, omniglot, clusters); "
+                                                         "default the preset's: 4, 48, 8 (GroupNorm needs a multiple "
+                                                         "of 4 in omniglot and clusters)")
     init: Literal["keras", "torch"] = Field("keras", description="keras: Glorot-uniform weights, zero biases (§7)")
     dropout: float = Field(0.0, ge=0, lt=1, description="before the heads (the replication configs: 0.5, §7); "
                                                        "masks are drawn per process")
@@ -56,6 +61,10 @@ class NetworkOptions(BaseModel):
     eval_every_rounds: int | None = Field(None, ge=1, description="inline validation every N rounds; default "
                                                                    "train.eval_every updates, else once per epoch")
     checkpoint: Literal["best", "last"] = Field("best", description="the selected model: best on validation or the last")
+    eval_train: bool = Field(False, description="also evaluate the training split (no augmentation) at every inline "
+                                                "evaluation: a curve in checkpoints.csv, never used for selection")
+    all_splits: bool = Field(False, description="diagnostic (--all-splits): also the test split at every inline "
+                                                "evaluation, labelled test_diagnostic, never used for selection")
     adam_skip_unused: bool = Field(False, description="true: a parameter without gradient in an update is not "
                                                       "stepped (PyTorch); false: zero gradient, stepped (TF1, §5)")
     router_lr: float | None = Field(None, gt=0, description="learning rate of the router logits; default optim.lr")
@@ -63,6 +72,13 @@ class NetworkOptions(BaseModel):
                                              "γ and β included, added at every update (§3, Omniglot)")
 
     _positive_widths = field_validator("widths")(positive_widths)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_for_group_norm(cls, v: int | None) -> int | None:
+        if v is not None and v % 4:
+            raise ValueError("must be a multiple of 4 (GroupNorm with 4 groups)")
+        return v
 
     @field_validator("components")
     @classmethod
@@ -114,7 +130,7 @@ class SharedBottomOptions(FixedRouterOptions):
 class _Routing(Method):
     """What the three methods share: the network, the round-robin phase, the allocation artefact."""
 
-    artifacts = (ALLOCATION,)
+    artifacts = (ALLOCATION, CHECKPOINTS)
     router_kind: ClassVar[str]
     options: NetworkOptions
 
@@ -154,7 +170,7 @@ class _Routing(Method):
                               f"got {spec.kind} {tuple(spec.shape)}; use network: mlp")
         T = len(ctx.tasks)
         layers = preset_layers(preset, spec.shape, components=self._components(preset, T), widths=o.widths,
-                               eps=o.group_norm_eps)
+                               eps=o.group_norm_eps, filters=o.filters)
         routed = [layer for layer in layers if hasattr(layer, "components")]
         routers = [self.make_router(T, len(layer)) for layer in routed]
         try:
@@ -192,9 +208,11 @@ class _Routing(Method):
         stretch = Stretch("train", "main", objective="task+aux",
                           forward_kwargs=lambda s: {"step": s.step, "tau": model.temperature(s.step)},
                           aux_kwargs=lambda s: {"step": s.step})
+        monitor = (("train",) if o.eval_train else ()) + (("test",) if o.all_splits else ())
         return [Phase("train", [stretch], {"main": self.optim()}, cycles=cycles, max_steps=max_steps,
                       eval_every=eval_every, patience=t.patience, loop="round_robin",
-                      selection="score" if o.checkpoint == "best" else "last", after_step=after_step)]
+                      selection="score" if o.checkpoint == "best" else "last", after_step=after_step,
+                      monitor_splits=monitor)]
 
     @staticmethod
     def _after_step(model: RoutedNetwork) -> Callable:
@@ -209,14 +227,25 @@ class _Routing(Method):
     def train_candidates(self, ctx: MethodContext, run_phases: Callable[..., list[dict[str, Any]]], *,
                          resume: bool = False, stage: str | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
         candidates, summaries = super().train_candidates(ctx, run_phases, resume=resume, stage=stage)
-        ctx.write_artifact(ALLOCATION, allocation_record(ctx.model, self.name, self.options.model_dump(mode="json")))
+        ctx.write_artifact(ALLOCATION, allocation_record(ctx.model, self.name, self.options.model_dump(mode="json"),
+                                                         families=task_families(ctx)))
+        summary = summaries[-1] if summaries else {}
+        rows = checkpoint_rows(Path(ctx.run_dir) / "metrics.jsonl", [t.name for t in ctx.tasks],
+                               selected_step=summary.get("best_step") if summary.get("selection") == "score" else None)
+        if rows:
+            ctx.write_artifact(CHECKPOINTS, checkpoint_table(rows))
         return candidates, summaries
 
     def results(self, ctx: MethodContext, model: MultiTaskModel) -> dict[str, Any]:
         """``results.json``'s ``allocation``: the pattern's task similarity and family separation."""
         assert isinstance(model, RoutedNetwork)
-        record = allocation_record(model, self.name, {})
-        return {"allocation": {k: record[k] for k in ("total_components", "active_fraction", "similarity")}}
+        record = allocation_record(model, self.name, {}, families=task_families(ctx))
+        out: dict[str, Any] = {"allocation": {k: record[k] for k in ("total_components", "active_fraction",
+                                                                     "similarity")}}
+        table = ctx.read_artifact(CHECKPOINTS)
+        if isinstance(table, str):
+            out["checkpoints"] = checkpoint_summary(table, len(model.tasks))
+        return out
 
     @classmethod
     def report_sections(cls, run_dir: Path, plots_dir: Path) -> list[str]:
@@ -225,9 +254,19 @@ class _Routing(Method):
         return allocation_report(Path(run_dir), Path(plots_dir))
 
 
-def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any]) -> dict[str, Any]:
+def task_families(ctx: MethodContext) -> dict[str, str] | None:
+    """Task → family where the data knows it (``task_families``: the source of each task); for the
+    plots and the separation score only, never given to the model."""
+    meta = getattr(ctx.data, "meta", None) or {}
+    families = meta.get("families")
+    return dict(families) if isinstance(families, dict) else None
+
+
+def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any],
+                      families: dict[str, str] | None = None) -> dict[str, Any]:
     """``allocation.json``: per routed layer and task ``p`` and the binary pattern ``1[p ≥ 0.5]``,
-    with the similarity of the tasks' concatenated patterns (§6)."""
+    with the similarity of the tasks' concatenated patterns (§6), grouped by ``families`` (task →
+    family; default from the task names)."""
     names = model.task_names
     with torch.no_grad():
         probs = [p.detach().cpu() for p in model.probabilities()]
@@ -241,7 +280,9 @@ def allocation_record(model: RoutedNetwork, method: str, options: dict[str, Any]
     return {"method": method, "router": "learned" if model.learned else "fixed", "aggregation": model.aggregation,
             "tasks": names, "total_components": model.total_components, "layers": layers,
             "active_fraction": {t: float(binary[i].mean()) for i, t in enumerate(names)},
-            "similarity": similarity_summary(names, binary, soft), "options": options}
+            "similarity": similarity_summary(names, binary, soft,
+                                             [families[t] for t in names] if families else None),
+            "options": options}
 
 
 @register_method
@@ -298,5 +339,5 @@ class SharedBottom(_Routing):
         return {"aggregation": self.options.aggregation, "l2": self.options.l2}
 
 
-__all__ = ["ALLOCATION", "FixedRouterOptions", "GumbelMatrix", "GumbelMatrixOptions", "NetworkOptions", "NoSharing",
+__all__ = ["ALLOCATION", "CHECKPOINTS", "task_families", "FixedRouterOptions", "GumbelMatrix", "GumbelMatrixOptions", "NetworkOptions", "NoSharing",
            "SharedBottom", "SharedBottomOptions", "allocation_record"]

@@ -97,14 +97,16 @@ def mlp_layers(in_features: int, components: int, widths: Sequence[int]) -> list
 
 
 def preset_layers(preset: Preset, input_shape: Sequence[int], *, components: int | None, widths: Sequence[int],
-                  eps: float) -> list[nn.Module]:
+                  eps: float, filters: int | None = None) -> list[nn.Module]:
+    """The layers of a preset; ``filters`` (default the preset's: mnist 4, omniglot 48, clusters 8)."""
     channels = int(input_shape[0]) if len(input_shape) == 3 else 1
+    width = {"filters": filters} if filters else {}
     if preset == "mnist":
-        return mnist_layers(channels, components or PRESET_COMPONENTS["mnist"])
+        return mnist_layers(channels, components or PRESET_COMPONENTS["mnist"], **width)
     if preset == "omniglot":
-        return omniglot_layers(channels, eps=eps)
+        return omniglot_layers(channels, eps=eps, **width)
     if preset == "clusters":
-        return clusters_layers(channels, eps=eps)
+        return clusters_layers(channels, eps=eps, **width)
     features = 1
     for d in input_shape:
         features *= int(d)

@@ -42,7 +42,11 @@ def _pattern_plot(record: dict, order: list[int], path: Path) -> None:
     starts = np.cumsum([0] + [layer["components"] for layer in record["layers"]])[:-1]
     ax.set_xticks([s + (layer["components"] - 1) / 2 for s, layer in zip(starts, record["layers"])],
                   [layer["layer"] for layer in record["layers"]])
-    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=8 if len(tasks) <= 24 else 6)
+    families = [record["similarity"]["families"][i] for i in order]
+    for row in range(1, len(tasks)):  # a line between families (rows are grouped by family)
+        if families[row] != families[row - 1]:
+            ax.axhline(row - 0.5, color="tab:blue", linewidth=1.5)
     ax.set_title("allocation 1[p ≥ 0.5] (tasks × components)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -67,10 +71,57 @@ def _similarity_plot(matrix: np.ndarray, tasks: list[str], title: str, path: Pat
     plt.close(fig)
 
 
+def _curves_plot(rows: list[dict], path: Path) -> None:
+    """Average accuracy over tasks against the round, one line per split; the selected checkpoint marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    labels = {"val": "validation (selects)", "train": "train (no augmentation)",
+              "test_diagnostic": "test (diagnostic, never selects)"}
+    for split in ("train", "val", "test_diagnostic"):
+        pts = [(r["round"], r["accuracy"]) for r in rows if r["task"] == "Average" and r["split"] == split
+               and r["accuracy"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=labels[split], linestyle="--" if split == "test_diagnostic" else "-")
+    chosen = [r["round"] for r in rows if r["task"] == "Average" and r["selected"]]
+    if chosen:
+        ax.axvline(chosen[0], color="grey", linewidth=1, linestyle=":", label=f"selected (round {chosen[0]:g})")
+    ax.set_xlabel("round (one update per task)")
+    ax.set_ylabel("average accuracy over tasks")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def checkpoints_report(run_dir: Path, plots_dir: Path) -> list[str]:
+    """The checkpoint table's summary and the curves (``checkpoints.csv``)."""
+    from .checkpoints import read_table
+
+    path = run_dir / "checkpoints.csv"
+    if not path.exists():
+        return []
+    rows = read_table(path.read_text())
+    average = [r for r in rows if r["task"] == "Average"]
+    steps = sorted({r["step"] for r in average})
+    chosen = [r for r in average if r["selected"]]
+    lines = ["## Checkpoints", "", f"{len(steps)} inline evaluations (table checkpoint × split × task: "
+             "`checkpoints.csv`); the selection reads validation only, test is evaluated once on the selected model."]
+    if chosen:
+        per = ", ".join(f"{r['split']} {r['accuracy']:.4f}" for r in chosen if r["accuracy"] is not None)
+        lines += ["", f"Selected: step {chosen[0]['step']} (round {chosen[0]['round']:g}); average accuracy {per}."]
+    try:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        _curves_plot(rows, plots_dir / "checkpoints.png")
+    except ImportError:
+        return lines
+    return lines + ["", "![checkpoints](plots/checkpoints.png)"]
+
+
 def allocation_report(run_dir: Path, plots_dir: Path) -> list[str]:
     path = run_dir / "allocation.json"
     if not path.exists():
-        return []
+        return checkpoints_report(run_dir, plots_dir)
     record = json.loads(path.read_text())
     sim = record["similarity"]
     order = _family_order(record["tasks"], sim["families"])
@@ -98,7 +149,7 @@ def allocation_report(run_dir: Path, plots_dir: Path) -> list[str]:
             m = np.array(sim[kind])[np.ix_(order, order)]
             _similarity_plot(m, tasks, title, plots_dir / f"allocation_similarity_{kind}.png")
     except ImportError:  # matplotlib missing: the tables still stand
-        return lines
+        return lines + [""] + checkpoints_report(run_dir, plots_dir)
     lines += ["", "![allocation](plots/allocation.png)", "",
               "![similarity](plots/allocation_similarity_binary.png) ![soft](plots/allocation_similarity_soft.png)"]
-    return lines
+    return lines + [""] + checkpoints_report(run_dir, plots_dir)

@@ -34,7 +34,9 @@ def family_of(name: str) -> str:
 
 def family_separation(similarity: np.ndarray, families: Sequence[str]) -> dict[str, Any] | None:
     """Mean similarity over pairs of distinct tasks of one family vs pairs of different families,
-    their difference and the per-family within mean; None unless both kinds of pair exist."""
+    their difference, the per-family within mean (``per_family``) and the per-family breakdown
+    (``by_family``: within, across = mean over the pairs of one of its tasks and a task of another
+    family, difference); None unless both kinds of pair exist."""
     within, across, per_family = [], [], {}
     n = len(families)
     for s in range(n):
@@ -45,8 +47,18 @@ def family_separation(similarity: np.ndarray, families: Sequence[str]) -> dict[s
     if not within or not across:
         return None
     w, a = float(np.mean(within)), float(np.mean(across))
+    by_family = {}
+    for f in sorted(set(families)):
+        mine = [i for i in range(n) if families[i] == f]
+        others = [j for j in range(n) if families[j] != f]
+        inside = [float(similarity[s, t]) for k, s in enumerate(mine) for t in mine[k + 1:]]
+        outside = [float(similarity[s, t]) for s in mine for t in others]
+        fw = float(np.mean(inside)) if inside else None
+        fa = float(np.mean(outside)) if outside else None
+        by_family[f] = {"tasks": len(mine), "within": fw, "across": fa,
+                        "difference": fw - fa if fw is not None and fa is not None else None}
     return {"within": w, "across": a, "difference": w - a, "pairs": {"within": len(within), "across": len(across)},
-            "per_family": {f: float(np.mean(v)) for f, v in sorted(per_family.items())}}
+            "per_family": {f: float(np.mean(v)) for f, v in sorted(per_family.items())}, "by_family": by_family}
 
 
 def similarity_summary(task_names: Sequence[str], binary: np.ndarray, soft: np.ndarray,
