@@ -184,6 +184,16 @@ def _metric_header(key: str) -> str:
     return f"{task} acc ↑" if metric == "accuracy" else f"{task} MAE ↓"
 
 
+def _method_cells(method: str, figs: list[dict], metrics) -> tuple[list[str], str, str]:
+    """A method's row over seeds: each metric's mean ± sd, its Δ_MTL and its parameter count."""
+    cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
+    delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
+    params = [f["parameters"] for f in figs]
+    p = grouped(params[0]) if len(set(params)) == 1 else (
+        f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
+    return cells, delta, p
+
+
 def _adashare_table(runs_root: Path, data: str) -> str:
     section, metrics = f"adashare-{data}", ADASHARE[data]
     tasks = [k.rsplit(".", 1)[0] for k, _ in metrics]
@@ -193,11 +203,7 @@ def _adashare_table(runs_root: Path, data: str) -> str:
     for method in ("independent", "hard", "adashare"):
         recs = [_record(runs_root, section, f"{method}-seed{s}") for s in ADASHARE_SEEDS]
         figs = [r["figures"] for r in recs]
-        cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
-        delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
-        params = [f["parameters"] for f in figs]
-        p = grouped(params[0]) if len(set(params)) == 1 else (
-            f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
+        cells, delta, p = _method_cells(method, figs, metrics)
         per_task = [statistics.mean(f[f"flops.{t}"] for f in figs) for t in tasks]
         same = all(len({f[f"flops.{t}"] for f in figs}) == 1 for t in tasks)
         fl = " / ".join(_mflops(x) for x in per_task) + ("" if same else " (means)")
@@ -276,11 +282,7 @@ def _fair_table(runs_root: Path, section: str) -> str:
     for method in ("independent", "hard", "adashare"):
         recs = [_record(runs_root, section, f"{method}-seed{s}") for s in seeds]
         figs = [r["figures"] for r in recs]
-        cells = [mean_sd([f[k] for f in figs], d) for k, d in metrics]
-        delta = "(reference)" if method == "independent" else _signed_mean_sd([f["delta_mtl"] for f in figs], 2)
-        params = [f["parameters"] for f in figs]
-        p = grouped(params[0]) if len(set(params)) == 1 else (
-            f"{grouped(statistics.mean(params))} ± {grouped(statistics.stdev(params))}")
+        cells, delta, p = _method_cells(method, figs, metrics)
         steps = sorted({f["steps.total"] for f in figs})
         st = " / ".join(grouped(x) for x in steps)
         if method == "adashare":
@@ -778,17 +780,22 @@ def cluster_family(task: str) -> str:
     return "omniglot" if not task.startswith("coarse") else "cifar100"
 
 
-def _gm_cluster_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
-    folder = Path(runs_root) / "gumbel_matrix-clusters"
+def _seeded_records(runs_root: Path, section: str, variants) -> list[tuple[str, str, int, dict]]:
+    """(name, label, seed, record) of every ``<name>-seed<S>.json`` of a section, variant by variant."""
+    folder = Path(runs_root) / section
     out = []
-    for name, label in GM_CLUSTERS_ROWS:
+    for name, label in variants:
         for path in sorted(folder.glob(f"{name}-seed*.json")):
             seed = path.stem.rsplit("-seed", 1)[1]
             if seed.isdigit():
-                out.append((name, label, int(seed), _record(runs_root, "gumbel_matrix-clusters", path.stem)))
+                out.append((name, label, int(seed), _record(runs_root, section, path.stem)))
     if not out:
-        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-clusters: no record")
+        raise FileNotFoundError(f"benchmarks/results/runs/{section}: no record")
     return out
+
+
+def _gm_cluster_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
+    return _seeded_records(runs_root, "gumbel_matrix-clusters", GM_CLUSTERS_ROWS)
 
 
 @register("gumbel_matrix-clusters", "benchmarks/results/runs/gumbel_matrix-clusters/*-seed<S>.json")
@@ -833,19 +840,6 @@ def gumbel_matrix_clusters_separation(runs_root: Path) -> str:
 GM_OMNIGLOT_ROWS = (("shared_bottom", "`shared_bottom`"), ("gumbel_matrix", "`gumbel_matrix`"))
 
 
-def _gm_omniglot_records(runs_root: Path) -> list[tuple[str, str, int, dict]]:
-    folder = Path(runs_root) / "gumbel_matrix-omniglot"
-    out = []
-    for name, label in GM_OMNIGLOT_ROWS:
-        for path in sorted(folder.glob(f"{name}-seed*.json")):
-            seed = path.stem.rsplit("-seed", 1)[1]
-            if seed.isdigit():
-                out.append((name, label, int(seed), _record(runs_root, "gumbel_matrix-omniglot", path.stem)))
-    if not out:
-        raise FileNotFoundError("benchmarks/results/runs/gumbel_matrix-omniglot: no record")
-    return out
-
-
 def _task_accuracies(figures: dict[str, float]) -> dict[str, float]:
     return {k[: -len(".accuracy")]: v for k, v in figures.items()
             if k.endswith(".accuracy") and not k.startswith(("candidates.", "checkpoints."))}
@@ -854,7 +848,7 @@ def _task_accuracies(figures: dict[str, float]) -> dict[str, float]:
 @register("gumbel_matrix-omniglot", "benchmarks/results/runs/gumbel_matrix-omniglot/*-seed<S>.json, "
           "and images/omniglot20-{hard,independent}.json for the per-task comparison")
 def gumbel_matrix_omniglot_table(runs_root: Path) -> str:
-    records = _gm_omniglot_records(runs_root)
+    records = _seeded_records(runs_root, "gumbel_matrix-omniglot", GM_OMNIGLOT_ROWS)
     rows = ["| variant | seed | mean test accuracy over the 20 tasks ↑ | lowest / highest task | selected round "
             "| validation Average there | active fraction (mean over tasks) | CPU | wall |", "|---" * 9 + "|"]
     for _, label, seed, rec in records:
