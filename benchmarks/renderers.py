@@ -611,7 +611,7 @@ def commands_block(runs_root: Path, section: str) -> str:
 MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi": ("ixi",), "yt8m": ("yt8m",),
             "omniglot50": ("omniglot50",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",), "gumbel_matrix-clusters": ("gumbel_matrix-clusters",),
-            "gumbel_matrix-cost": ("gumbel_matrix-cost",),
+            "gumbel_matrix-cost": ("gumbel_matrix-cost",), "gumbel_matrix-omniglot": ("gumbel_matrix-omniglot",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
             "adashare-known-answer": ("adashare-known-answer",),
