@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ...files import read_jsonl
-from ...report.plots import pyplot
 from .diagnostics import diagnostics
 from .policy import sharing_similarity
 
@@ -29,6 +28,15 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _grid_plot(plt, matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path, *,
@@ -214,7 +222,7 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
     probs = np.array([policy["exec_prob"][t] for t in tasks])
     archs = policy.get("architectures", [])
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
-    plt = pyplot()
+    plt = _matplotlib()
     plots_dir.mkdir(parents=True, exist_ok=True)
 
     lines = ["## AdaShare", ""]
