@@ -272,24 +272,28 @@ def _fair_seeds(runs_root: Path, section: str) -> list[int]:
 
 
 def _fair_table(runs_root: Path, section: str) -> str:
-    """The three methods at one recipe: metrics, Δ_MTL, parameters, the optimiser steps of the whole
+    """The three methods at one recipe: metrics, Δ_MTL, parameters and FLOPs (AdaShare: of the selected
+    architecture, skipped blocks not counted), the optimiser steps of the whole
     run (AdaShare: warm-up + search + every re-trained architecture) and CPU time per run."""
     metrics = ADASHARE[FAIR[section]]
     seeds = _fair_seeds(runs_root, section)
     rows = [f"| method (n = {len(seeds)}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | "
             + " | ".join(_metric_header(k) for k, _ in metrics)
-            + " | Δ_MTL (%) | parameters | optimiser steps per run | CPU per run |", "|---" * (len(metrics) + 5) + "|"]
+            + " | Δ_MTL (%) | parameters | FLOPs / example, all tasks | optimiser steps per run | CPU per run |",
+            "|---" * (len(metrics) + 6) + "|"]
     for method in ("independent", "hard", "adashare"):
         recs = [_record(runs_root, section, f"{method}-seed{s}") for s in seeds]
         figs = [r["figures"] for r in recs]
         cells, delta, p = _method_cells(method, figs, metrics)
+        flops = [f["flops"] for f in figs]
+        fl = _mflops(flops[0]) if len(set(flops)) == 1 else f"{_mflops(statistics.mean(flops))} (mean)"
         steps = sorted({f["steps.total"] for f in figs})
         st = " / ".join(grouped(x) for x in steps)
         if method == "adashare":
             phases = recs[0].get("steps", {})
             search = phases.get("warmup", 0) + phases.get("search", 0)
             st += f" ({grouped(search)} warm-up + search, {grouped(steps[0] - search)} re-training)"
-        rows.append(f"| `{method}` | " + " | ".join(cells) + f" | {delta} | {p} | {st} | {_cpu(recs)} |")
+        rows.append(f"| `{method}` | " + " | ".join(cells) + f" | {delta} | {p} | {fl} | {st} | {_cpu(recs)} |")
     return "\n".join(rows)
 
 
@@ -612,6 +616,7 @@ MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi"
             "omniglot50": ("omniglot50",),
             "gumbel_matrix-mnist": ("gumbel_matrix-mnist",), "gumbel_matrix-clusters": ("gumbel_matrix-clusters",),
             "gumbel_matrix-cost": ("gumbel_matrix-cost",), "gumbel_matrix-omniglot": ("gumbel_matrix-omniglot",),
+            "gumbel_matrix-omniglot-published-net": ("gumbel_matrix-omniglot-published-net",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
             "adashare-known-answer": ("adashare-known-answer",),
@@ -621,7 +626,7 @@ for _key, _sections in MEASURED.items():
         lambda root, s=_sections: measured_line(root, s))
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
                  "omniglot50",
-                 "gumbel_matrix-mnist", "gumbel_matrix-clusters", "selection", "adashare-adult-fair",
+                 "gumbel_matrix-mnist", "gumbel_matrix-clusters", "gumbel_matrix-omniglot", "selection", "adashare-adult-fair",
                  "adashare-adult-fair-paper", "adashare-known-answer"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
@@ -845,10 +850,8 @@ def _task_accuracies(figures: dict[str, float]) -> dict[str, float]:
             if k.endswith(".accuracy") and not k.startswith(("candidates.", "checkpoints."))}
 
 
-@register("gumbel_matrix-omniglot", "benchmarks/results/runs/gumbel_matrix-omniglot/*-seed<S>.json, "
-          "and images/omniglot20-{hard,independent}.json for the per-task comparison")
-def gumbel_matrix_omniglot_table(runs_root: Path) -> str:
-    records = _seeded_records(runs_root, "gumbel_matrix-omniglot", GM_OMNIGLOT_ROWS)
+def _gm_omniglot_table(runs_root: Path, section: str) -> str:
+    records = _seeded_records(runs_root, section, GM_OMNIGLOT_ROWS)
     rows = ["| variant | seed | mean test accuracy over the 20 tasks ↑ | lowest / highest task | selected round "
             "| validation Average there | active fraction (mean over tasks) | CPU | wall |", "|---" * 9 + "|"]
     for _, label, seed, rec in records:
@@ -861,8 +864,23 @@ def gumbel_matrix_omniglot_table(runs_root: Path) -> str:
                     f"| {f.get('checkpoints.selected_average.val', float('nan')):.4f} "
                     f"| {f'{statistics.mean(active):.2f}' if active else '–'} | {_wall(cpu) if cpu else '–'} "
                     f"| {_walls([rec])} |")
+    by_variant: dict[str, list[dict]] = {}
+    for name, _, _, rec in records:
+        by_variant.setdefault(name, []).append(rec)
+    for name, label in GM_OMNIGLOT_ROWS:
+        recs = by_variant.get(name, [])
+        if len(recs) > 1:
+            means = [statistics.mean(_task_accuracies(r["figures"]).values()) for r in recs]
+            rows.append(f"| **{label}, mean ± sd** | {len(recs)} seeds | **{statistics.mean(means):.4f} ± "
+                        f"{statistics.stdev(means):.4f}** | | | | | | |")
     base = {name: _record(runs_root, "images", f"omniglot20-{name}") for name in ("hard", "independent")}
-    columns = [(f"{label} seed {seed}", _task_accuracies(rec["figures"])) for _, label, seed, rec in records]
+    columns = []
+    for name, label in GM_OMNIGLOT_ROWS:
+        recs = by_variant.get(name, [])
+        if recs:
+            per_seed = [_task_accuracies(r["figures"]) for r in recs]
+            seeds = "seed 0" if len(recs) == 1 else f"mean of {len(recs)} seeds"
+            columns.append((f"{label} {seeds}", {t: statistics.mean(a[t] for a in per_seed) for t in per_seed[0]}))
     columns += [(f"`{name}` (28×28 convnet, Images section)", _task_accuracies(rec["figures"]))
                 for name, rec in base.items()]
     tasks = list(columns[0][1])
@@ -870,6 +888,13 @@ def gumbel_matrix_omniglot_table(runs_root: Path) -> str:
     rows += [f"| {t} | " + " | ".join(f"{acc[t]:.3f}" if t in acc else "–" for _, acc in columns) + " |" for t in tasks]
     rows.append("| **mean** | " + " | ".join(f"**{statistics.mean(acc.values()):.4f}**" for _, acc in columns) + " |")
     return "\n".join(rows)
+
+
+for _section, _what in (("gumbel_matrix-omniglot", "the CPU variant"),
+                       ("gumbel_matrix-omniglot-published-net", "published strides and model lr at 28×28")):
+    register(_section, f"benchmarks/results/runs/{_section}/*-seed<S>.json ({_what}), and "
+             "images/omniglot20-{hard,independent}.json for the per-task comparison")(
+        lambda root, s=_section: _gm_omniglot_table(root, s))
 
 
 # --- Youtube-8M (benchmarks/section_runs.py yt8m) --------------------------------------------------------

@@ -139,3 +139,18 @@ def test_volumes_default_to_the_3d_resnet(tmp_path):
     assert ctx.defaults == {"backbone.name": "resnet3d"} and cfg.backbone.name is None  # the caller's config untouched
     assert ctx.cfg.backbone.name == "resnet3d" and ctx.cfg.backbone.options == {"depth": 10, "width": 2}
     assert type(ctx.model.backbone).__name__ == "ResNet3d"
+
+
+def test_a_method_with_its_own_network_announces_no_backbone_and_says_a_named_one_is_unused(tmp_path, capsys):
+    from sharewise.cli.main import main
+
+    fast = ["--epochs", "1", "--no-progress", "--set", "train.threads=1", "--set", "output.tensorboard=false",
+            "--method", "taan", "--set", "method.widths=[8]"]
+    assert main(["run", "--out", str(tmp_path / "own"), *fast]) == 0
+    said = capsys.readouterr()
+    assert "the default for" not in said.out and "backbone" not in said.err
+    with pytest.warns(UserWarning, match="backbone.name: 'mlp' is not used: method 'taan' builds its own network"):
+        assert main(["run", "--out", str(tmp_path / "named"), *fast, "--backbone", "mlp"]) == 0
+    # a method that trains the backbone still announces the one the data chose
+    assert main(["run", "--out", str(tmp_path / "hard"), *fast[:7], "--method", "hard"]) == 0
+    assert "backbone mlp: the default for vector inputs" in capsys.readouterr().out

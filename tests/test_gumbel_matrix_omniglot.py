@@ -67,6 +67,13 @@ def test_published_output_sizes_and_the_cpu_variant():
     assert [s[1] for s in small.out_shapes] == [14, 7, 7, 4, 2, 2, 1, 1] and small.out_features == 16
     out = small.eval()(torch.rand(2, 1, 28, 28), tasks=["t1"])
     assert out["t1"].shape == (2, 5)
+    # the CPU variant strides layers 0, 1, 3 only and keeps the published final 4×4 map (16 features
+    # were a bottleneck: a 28×28 run with the published strides stayed at chance)
+    cpu = RoutedNetwork(omniglot_layers(1, filters=16, strided=(0, 1, 3)), [gumbel_router(3, 7, 0.97) for _ in range(8)],
+                        _tasks(3), input_shape=(1, 28, 28))
+    assert [s[1] for s in cpu.out_shapes] == [14, 7, 7, 4, 4, 4, 4, 4] and cpu.out_features == 4 * 4 * 16
+    routed = [layer for layer in cpu.layers if isinstance(layer, RoutedLayer)]
+    assert [i for i, layer in enumerate(routed) if isinstance(layer.components[6], ConvComponent)] == [0, 1, 3]
 
 
 def test_filters_option_must_suit_group_norm():
@@ -78,6 +85,10 @@ def test_filters_option_must_suit_group_norm():
     with pytest.raises(ConfigError, match=r"method.filters.*multiple of 4") as err:
         validate_options(GumbelMatrixOptions, {"network": "omniglot", "filters": 18}, "method")
     assert "\n" not in str(err.value)
+    assert validate_options(GumbelMatrixOptions, {"strided_layers": [0, 1, 3]}, "method").strided_layers == [0, 1, 3]
+    for bad in ([0, 8], [1, 1]):
+        with pytest.raises(ConfigError, match=r"method.strided_layers"):
+            validate_options(GumbelMatrixOptions, {"network": "omniglot", "strided_layers": bad}, "method")
 
 
 # ------------------------------------------------------------------------------- the table
@@ -169,7 +180,7 @@ def _omniglot_run(tmp_path, name, *extra):
     rc = main(["run", "--config", "configs/gumbel_matrix/omniglot_gumbel_matrix_cpu.yaml", "--out", str(out),
                "--no-progress", "--set", f"data.path={data}", "--set", "data.alphabets=all", "--set", "data.image_size=12",
                "--set", "method.steps_per_task=6", "--set", "method.eval_every_rounds=2", "--set", "method.network=mlp",
-               "--set", "method.widths=[16]", "--set", "train.eval_batch_size=64",
+               "--set", "method.widths=[16]", "--set", "method.strided_layers=null", "--set", "train.eval_batch_size=64",
                "--set", "method.p0=0.6", *extra])
     assert rc == 0
     return out

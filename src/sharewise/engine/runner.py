@@ -190,6 +190,11 @@ def prepare(cfg: Config, *, reference: dict[str, dict[str, float]] | None = None
         loaded.data.splits = splits
     cfg, defaults = resolve_backbone(cfg, loaded.data.input_spec)
     method_cls = get_method(cfg.method.name)
+    if not method_cls.uses_backbone:
+        if not defaults:
+            warnings.warn(f"backbone.name: {cfg.backbone.name!r} is not used: method {cfg.method.name!r} builds its "
+                          "own network (its method.* options)")
+        defaults = {}  # nothing to announce: the data's default backbone is not what trains
     options = validate_options(method_cls.Options, cfg.method.options, "method")
     method = method_cls(options, cfg)
     try:

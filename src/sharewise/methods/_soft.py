@@ -145,6 +145,8 @@ class SoftSharingModel(MultiTaskModel, abc.ABC):
 class SoftMethod(Method):
     """One phase ``train`` over the summed task losses plus :meth:`MultiTaskModel.aux_losses`."""
 
+    uses_backbone = False  # the layers of ``method.widths``
+
     def optim(self, model: MultiTaskModel) -> OptimSpec:
         groups = list(model.param_groups())
         spec = self.default_optim(groups)

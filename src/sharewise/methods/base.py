@@ -280,6 +280,10 @@ class Method(abc.ABC):
     # ``method.*`` options of the smallest run that still passes through every phase and stage:
     # the conformance suite (tests/test_conformance.py) trains every registered method with them
     conformance_options: ClassVar[dict[str, Any]] = {}
+    # whether :meth:`build` calls ``BuildContext.backbone_factory``; a method that builds its own
+    # network (``method.widths``, a routed preset) says False, and the engine then neither announces
+    # a backbone chosen from the data nor lets a named ``backbone.name`` pass unremarked
+    uses_backbone: ClassVar[bool] = True
 
     def __init__(self, options: BaseModel, cfg: Config) -> None:
         self.options = options

@@ -52,6 +52,9 @@ class NetworkOptions(BaseModel):
     filters: int | None = Field(None, ge=4, description="filters of every convolution (mnist, omniglot, clusters); "
                                                          "default the preset's: 4, 48, 8 (GroupNorm needs a multiple "
                                                          "of 4 in omniglot and clusters)")
+    strided_layers: list[int] | None = Field(
+        None, description="omniglot: the routed layers (0-7) that halve the map; default the published 0, 1, 3, 4, 6 "
+                          "(105 → 4); the 28×28 CPU variant: 0, 1, 3 (28 → 4, the published final 4×4)")
     init: Literal["keras", "torch"] = Field("keras", description="keras: Glorot-uniform weights, zero biases (§7)")
     dropout: float = Field(0.0, ge=0, lt=1, description="before the heads (the replication configs: 0.5, §7); "
                                                        "masks are drawn per process")
@@ -72,6 +75,13 @@ class NetworkOptions(BaseModel):
                                              "γ and β included, added at every update (§3, Omniglot)")
 
     _positive_widths = field_validator("widths")(positive_widths)
+
+    @field_validator("strided_layers")
+    @classmethod
+    def _strided_in_range(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(set(v)) != len(v) or any(not 0 <= i < 8 for i in v)):
+            raise ValueError("distinct indices of the 8 routed layers, 0 to 7")
+        return v
 
     @field_validator("filters")
     @classmethod
@@ -131,6 +141,7 @@ class _Routing(Method):
     """What the three methods share: the network, the round-robin phase, the allocation artefact."""
 
     artifacts = (ALLOCATION, CHECKPOINTS)
+    uses_backbone = False  # the routed network of ``method.network``
     router_kind: ClassVar[str]
     options: NetworkOptions
 
@@ -165,12 +176,15 @@ class _Routing(Method):
         if spec.kind not in ("image", "vector"):
             raise ConfigError(f"method {self.name}: needs image or vector inputs, not {spec.kind}")
         preset = self._preset(ctx)
+        if o.strided_layers is not None and preset != "omniglot":
+            raise ConfigError(f"method.strided_layers: only the omniglot network has strided layers to choose "
+                              f"(this run's network: {preset})")
         if preset != "mlp" and (spec.kind != "image" or len(spec.shape) != 3):
             raise ConfigError(f"method.network: the {preset} network needs image inputs (channels, height, width), "
                               f"got {spec.kind} {tuple(spec.shape)}; use network: mlp")
         T = len(ctx.tasks)
         layers = preset_layers(preset, spec.shape, components=self._components(preset, T), widths=o.widths,
-                               eps=o.group_norm_eps, filters=o.filters)
+                               eps=o.group_norm_eps, filters=o.filters, strided_layers=o.strided_layers)
         routed = [layer for layer in layers if hasattr(layer, "components")]
         routers = [self.make_router(T, len(layer)) for layer in routed]
         try:

@@ -49,12 +49,18 @@ def _norm_relu(channels: int, eps: float) -> list[nn.Module]:
     return [nn.GroupNorm(4, channels, eps=eps), nn.ReLU()]
 
 
-def omniglot_layers(in_channels: int, filters: int = 48, eps: float = 1e-6, num_layers: int = 8) -> list[nn.Module]:
+OMNIGLOT_STRIDED = tuple(sorted({int(1.6 * i) for i in range(5)}))  # (0, 1, 3, 4, 6): 105 → 4 in 8 layers
+
+
+def omniglot_layers(in_channels: int, filters: int = 48, eps: float = 1e-6, num_layers: int = 8,
+                    strided: Sequence[int] = OMNIGLOT_STRIDED) -> list[nn.Module]:
     """§7.2: stem conv1×1 → GN(4) → ReLU, then 8 routed layers of 7 components ("same"): conv3×3²,
     conv5×5², conv7×7², conv1×7→conv7×1 (each conv + GN(4) + ReLU), max- and average-pool 3×3,
     identity; a shared GN(4) + ReLU after each. Layers ⌊1.6·i⌋ (i = 0..4) stride the last op of
-    every component by 2 (the identity becomes a 1×1 conv of stride 2, no norm, no activation)."""
-    strided = {int(1.6 * i) for i in range(5)}
+    every component by 2 (the identity becomes a 1×1 conv of stride 2, no norm, no activation);
+    ``strided`` names other layers to stride (a smaller image that should keep the published final
+    4×4 map: 28 × 28 with layers 0, 1, 3 gives 28 → 14 → 7 → 7 → 4 → 4 → 4 → 4 → 4)."""
+    strided = set(strided)
     layers: list[nn.Module] = [ConvComponent(in_channels, [(filters, (1, 1), 1, 4, True)], padding="same", eps=eps)]
     for index in range(num_layers):
         stride = 2 if index in strided else 1
@@ -97,14 +103,17 @@ def mlp_layers(in_features: int, components: int, widths: Sequence[int]) -> list
 
 
 def preset_layers(preset: Preset, input_shape: Sequence[int], *, components: int | None, widths: Sequence[int],
-                  eps: float, filters: int | None = None) -> list[nn.Module]:
-    """The layers of a preset; ``filters`` (default the preset's: mnist 4, omniglot 48, clusters 8)."""
+                  eps: float, filters: int | None = None,
+                  strided_layers: Sequence[int] | None = None) -> list[nn.Module]:
+    """The layers of a preset; ``filters`` (default the preset's: mnist 4, omniglot 48, clusters 8);
+    ``strided_layers`` (omniglot: default :data:`OMNIGLOT_STRIDED`)."""
     channels = int(input_shape[0]) if len(input_shape) == 3 else 1
     width = {"filters": filters} if filters else {}
     if preset == "mnist":
         return mnist_layers(channels, components or PRESET_COMPONENTS["mnist"], **width)
     if preset == "omniglot":
-        return omniglot_layers(channels, eps=eps, **width)
+        strides = {"strided": tuple(strided_layers)} if strided_layers is not None else {}
+        return omniglot_layers(channels, eps=eps, **width, **strides)
     if preset == "clusters":
         return clusters_layers(channels, eps=eps, **width)
     features = 1
