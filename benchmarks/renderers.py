@@ -281,8 +281,9 @@ def _fair_table(runs_root: Path, section: str) -> str:
             + " | ".join(_metric_header(k) for k, _ in metrics)
             + " | Δ_MTL (%) | parameters | FLOPs / example, all tasks | optimiser steps per run | CPU per run |",
             "|---" * (len(metrics) + 6) + "|"]
-    for method in ("independent", "hard", "adashare"):
-        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in seeds]
+    long = [s for s in seeds if (runs_root / section / f"hard_long-seed{s}.json").exists()]
+    for method in ("independent", "hard", "adashare") + (("hard_long",) if long else ()):
+        recs = [_record(runs_root, section, f"{method}-seed{s}") for s in (long if method == "hard_long" else seeds)]
         figs = [r["figures"] for r in recs]
         cells, delta, p = _method_cells(method, figs, metrics)
         flops = [f["flops"] for f in figs]
@@ -293,7 +294,8 @@ def _fair_table(runs_root: Path, section: str) -> str:
             phases = recs[0].get("steps", {})
             search = phases.get("warmup", 0) + phases.get("search", 0)
             st += f" ({grouped(search)} warm-up + search, {grouped(steps[0] - search)} re-training)"
-        rows.append(f"| `{method}` | " + " | ".join(cells) + f" | {delta} | {p} | {fl} | {st} | {_cpu(recs)} |")
+        label = f"`hard`, as many steps as AdaShare (n = {len(recs)})" if method == "hard_long" else f"`{method}`"
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {delta} | {p} | {fl} | {st} | {_cpu(recs)} |")
     return "\n".join(rows)
 
 

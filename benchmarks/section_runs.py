@@ -78,10 +78,11 @@ def ixi(seeds=(0, 1, 2)) -> list[Run]:
 
 
 def adashare(data: str, seeds=(0, 1, 2), *, config: str | None = None, section: str | None = None,
-             extra: tuple[str, ...] = ()) -> list[Run]:
+             extra: tuple[str, ...] = (), hard_epochs: int | None = None) -> list[Run]:
     """AdaShare against `hard` and `independent` from one AdaShare config (the others replace its
     `method` section); `hard` and AdaShare get `--reference` to the same seed's `independent`.
-    ``extra``: more arguments for all three (an optimiser recipe they share)."""
+    ``extra``: more arguments for all three (an optimiser recipe they share); ``hard_epochs``: also
+    `hard_long`, `hard` trained that many epochs (as many optimiser steps as AdaShare's whole run)."""
     section, config = section or f"adashare-{data}", config or f"configs/adashare/{data}.yaml"
     runs = []
     for seed in seeds:
@@ -91,6 +92,9 @@ def adashare(data: str, seeds=(0, 1, 2), *, config: str | None = None, section: 
         runs.append(_run(section, f"hard-seed{seed}", config, seed, *extra, "--set", "method={name: hard}", *reference,
                          needs=(ref,)))
         runs.append(_run(section, f"adashare-seed{seed}", config, seed, *extra, *reference, needs=(ref,)))
+        if hard_epochs:
+            runs.append(_run(section, f"hard_long-seed{seed}", config, seed, *extra, "--set", "method={name: hard}",
+                             "--set", f"train.epochs={hard_epochs}", *reference, needs=(ref,)))
     return runs
 
 
@@ -224,7 +228,9 @@ SECTIONS: dict[str, list[Run]] = {
     "adashare-digits": adashare("digits"),
     "adashare-mnist": adashare("mnist"),
     "adashare-mnist-task_bn": adashare_task_bn(),
-    "adashare-adult-fair": adashare("adult", config="configs/adashare/adult_fair.yaml", section="adashare-adult-fair"),
+    # hard_long: 100 epochs, 10 900 steps, against AdaShare's 10 858 (warm-up, search and 8 re-trainings)
+    "adashare-adult-fair": adashare("adult", config="configs/adashare/adult_fair.yaml", section="adashare-adult-fair",
+                                    hard_epochs=100),
     "adashare-mnist-resnet-fair": adashare("mnist", config="configs/adashare/mnist_resnet.yaml",
                                           section="adashare-mnist-resnet-fair"),
     "adashare-ixi-fair": adashare("ixi", section="adashare-ixi-fair",
