@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sharewise"
 
 # lowest first; the first name of a dotted module path decides its layer
 LAYERS = [
-    {"errors", "files"},
+    {"errors", "files", "plotting"},
     {"layers"},
     {"metrics", "seeding", "cost"},
     {"config"},

@@ -16,16 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..plotting import pyplot
+
 CLUSTERS = 3
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def spectral_groups(distance: np.ndarray, k: int = CLUSTERS, seed: int = 0) -> np.ndarray | None:
@@ -48,7 +41,7 @@ def spectral_groups(distance: np.ndarray, k: int = CLUSTERS, seed: int = 0) -> n
 
 def _heatmaps(layer: dict[str, Any], tasks: list[str], order: list[int], groups: np.ndarray | None, title: str,
               path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = [tasks[i] for i in order]
     size = max(4.0, 0.32 * len(tasks) + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.0, size))
@@ -72,7 +65,7 @@ def _heatmaps(layer: dict[str, Any], tasks: list[str], order: list[int], groups:
 
 
 def _curves(layers: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(4.6 * len(layers), 4.2), squeeze=False)
     cmap = plt.get_cmap("tab20" if len(tasks) > 10 else "tab10")
     for i, (ax, layer) in enumerate(zip(axes[0], layers)):

@@ -6,16 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..plotting import pyplot
 from ..files import read_jsonl
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -26,7 +18,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def training_curves(run_dir: Path, tasks: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     """Per phase: for every task the training loss, the validation loss and the validation
     primary metric against the step."""
-    plt = _plt()
+    plt = pyplot()
     by_phase: dict[str, list[dict]] = defaultdict(list)
     for r in read_metrics(run_dir):
         if "step" in r and "phase" in r:
@@ -67,7 +59,7 @@ def training_curves(run_dir: Path, tasks: dict[str, dict[str, Any]], out: Path) 
 
 def accuracy_vs_cost(points: list[dict[str, Any]], out: Path) -> Path:
     """One point per run: mean primary metric per task kind against FLOPs (all tasks)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for p in points:
         ax.scatter(p["flops"], p["value"], s=50)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ...plotting import pyplot
 from ...files import read_jsonl
 from .diagnostics import diagnostics
 from .policy import sharing_similarity
@@ -28,15 +29,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-
-
-def _matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _grid_plot(plt, matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path, *,
@@ -222,7 +214,7 @@ def adashare_report(run_dir: Path, plots_dir: Path) -> list[str]:
     probs = np.array([policy["exec_prob"][t] for t in tasks])
     archs = policy.get("architectures", [])
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
-    plt = _matplotlib()
+    plt = pyplot()
     plots_dir.mkdir(parents=True, exist_ok=True)
 
     lines = ["## AdaShare", ""]

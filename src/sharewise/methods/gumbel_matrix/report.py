@@ -13,14 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ...plotting import pyplot
 
 
 def _family_order(tasks: list[str], families: list[str]) -> list[int]:
@@ -29,7 +22,7 @@ def _family_order(tasks: list[str], families: list[str]) -> list[int]:
 
 
 def _pattern_plot(record: dict, order: list[int], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     tasks = [record["tasks"][i] for i in order]
     blocks = [np.array([layer["pattern"][t] for t in tasks], dtype=float) for layer in record["layers"]]
     matrix = np.concatenate(blocks, axis=1)
@@ -54,7 +47,7 @@ def _pattern_plot(record: dict, order: list[int], path: Path) -> None:
 
 
 def _similarity_plot(matrix: np.ndarray, tasks: list[str], title: str, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * len(tasks) + 2.5), max(3.0, 0.5 * len(tasks) + 1.5)))
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
@@ -73,7 +66,7 @@ def _similarity_plot(matrix: np.ndarray, tasks: list[str], title: str, path: Pat
 
 def _curves_plot(rows: list[dict], path: Path) -> None:
     """Average accuracy over tasks against the round, one line per split; the selected checkpoint marked."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     labels = {"val": "validation (selects)", "train": "train (no augmentation)",
               "test_diagnostic": "test (diagnostic, never selects)"}
