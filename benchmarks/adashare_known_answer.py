@@ -39,12 +39,12 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_reg": ("method.reg_w=0", "method.reg_w_hamming=0"),
     "no_reg_fast_policy": ("method.reg_w=0", "method.reg_w_hamming=0", "method.policy_lr=0.1"),
 }
-NOISE_VARIANTS = ("spec", "no_reg", "no_sharing", "low_sharing", "sharing_0.01", "sharing_0.02")
+NOISE_VARIANTS = ("spec", "no_reg", "no_sharing", "low_sharing", "sharing_1e-2", "sharing_2e-2")
 VARIANTS["no_sharing"] = ("method.reg_w_hamming=0",)
 VARIANTS["low_sharing"] = ("method.reg_w_hamming=0.005",)
 # between the tenth of the spec's sharing weight that separates and the spec's 0.05 that does not
-VARIANTS["sharing_0.01"] = ("method.reg_w_hamming=0.01",)
-VARIANTS["sharing_0.02"] = ("method.reg_w_hamming=0.02",)
+VARIANTS["sharing_1e-2"] = ("method.reg_w_hamming=0.01",)
+VARIANTS["sharing_2e-2"] = ("method.reg_w_hamming=0.02",)
 
 
 def make_xor_noise(path: Path, n: int = 800, seed: int = 0) -> Path:

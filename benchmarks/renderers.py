@@ -328,8 +328,8 @@ KNOWN_CASES = {"mnist": "MNIST: a1 = a2 upright, b1 = b2 turned 90°",
                "xor_noise": "table: a1 = a2 = 1[x0·x1 > 0], b1 = b2 coin flips"}
 KNOWN_CHANGES = {"spec": "the spec's defaults (λ_sp = λ_sh = 0.05, policy lr 0.01)", "no_reg": "λ_sp = λ_sh = 0",
                  "no_reg_fast_policy": "λ_sp = λ_sh = 0, policy lr 0.1", "no_sharing": "λ_sh = 0 (λ_sp 0.05)",
-                 "low_sharing": "λ_sh = 0.005 (λ_sp 0.05)", "sharing_0.01": "λ_sh = 0.01 (λ_sp 0.05)",
-                 "sharing_0.02": "λ_sh = 0.02 (λ_sp 0.05)"}
+                 "low_sharing": "λ_sh = 0.005 (λ_sp 0.05)", "sharing_1e-2": "λ_sh = 0.01 (λ_sp 0.05)",
+                 "sharing_2e-2": "λ_sh = 0.02 (λ_sp 0.05)"}
 
 
 def _known_runs(runs_root: Path) -> dict[tuple[str, str], list[dict]]:
