@@ -742,8 +742,10 @@ def gumbel_matrix_mnist_allocation(runs_root: Path) -> str:
 
 # --- parameter allocation: the cost of one update (benchmarks/gumbel_matrix_update_cost.py) ---------------
 
-GM_COST_ROWS = (("omniglot28-f16-shared_bottom", "Omniglot-20 CPU variant (28×28, 16 filters), `shared_bottom`", 10_000),
-                ("omniglot28-f16-gumbel_matrix", "Omniglot-20 CPU variant (28×28, 16 filters), `gumbel_matrix`", 10_000),
+GM_COST_ROWS = (("omniglot28-f16-shared_bottom", "Omniglot-20 at 28×28, 16 filters, published strides (the first CPU "
+                 "variant, 500 rounds), `shared_bottom`", 10_000),
+                ("omniglot28-f16-gumbel_matrix", "Omniglot-20 at 28×28, 16 filters, published strides (the first CPU "
+                 "variant, 500 rounds), `gumbel_matrix`", 10_000),
                 ("omniglot105-f48-gumbel_matrix", "Omniglot-20 published (105×105, 48 filters), `gumbel_matrix`; "
                  "updates: the published 8 000 rounds", 160_000),
                 ("clusters-shared_bottom", "clusters (3×32×32, 40 tasks), `shared_bottom`", 12_000),
