@@ -847,7 +847,8 @@ def gumbel_matrix_clusters_separation(runs_root: Path) -> str:
 
 # --- parameter allocation, Omniglot-20 (benchmarks/section_runs.py gumbel_matrix-omniglot) ---------------
 
-GM_OMNIGLOT_ROWS = (("shared_bottom", "`shared_bottom`"), ("gumbel_matrix", "`gumbel_matrix`"))
+GM_OMNIGLOT_ROWS = (("shared_bottom", "`shared_bottom`"), ("gumbel_matrix", "`gumbel_matrix`"),
+                    ("gumbel_matrix_fast_router", "`gumbel_matrix`, router lr 2e-2"))
 
 
 def _task_accuracies(figures: dict[str, float]) -> dict[str, float]:
