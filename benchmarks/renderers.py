@@ -964,14 +964,6 @@ def yt8m_per_task(runs_root: Path) -> str:
     return "\n".join(rows)
 
 
-def _cpu(records: list[dict]) -> str:
-    cpus = [r["timings"]["cpu_s"] for r in records if r.get("timings", {}).get("cpu_s") is not None]
-    if not cpus:
-        return "–"
-    lo, hi = min(cpus), max(cpus)
-    return _wall(lo) if len(cpus) == 1 or round(lo) == round(hi) else f"{_wall(lo)} – {_wall(hi)}"
-
-
 YT8M_MRN_DMTRL = ("mrn", "dmtrl-tucker", "dmtrl-tucker-r32", "dmtrl-laf-k5")
 
 
