@@ -221,3 +221,14 @@ def test_selection_never_reads_test_and_tests_the_selected_checkpoint_once(tmp_p
     test_poisoned = json.loads((poisoned / "results.json").read_text())["tasks"]
     assert any(test_clean[t]["test"]["accuracy"] != test_poisoned[t]["test"]["accuracy"] for t in test_clean)
     assert "Checkpoints" in (poisoned / "report.md").read_text() and (poisoned / "plots" / "checkpoints.png").exists()
+
+
+def test_strided_layers_outside_the_omniglot_network_is_one_clear_error(tmp_path, capsys):
+    from sharewise.cli.main import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--out", str(out), "--method", "gumbel_matrix", "--epochs", "1", "--no-progress",
+               "--set", "method.strided_layers=[0]", "--set", "train.threads=1", "--set", "output.tensorboard=false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and not (out / "results.json").exists()
+    assert "method.strided_layers: only the omniglot network has strided layers" in err and "mlp" in err
