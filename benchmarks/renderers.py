@@ -253,7 +253,6 @@ for _data in ADASHARE:
 # --- AdaShare at equal recipe and its diagnostics (issue 23) ---------------------------------------
 
 FAIR = {"adashare-adult-fair": "adult", "adashare-adult-fair-paper": "adult",
-        # issue 23's remaining sections: registered, rendered once their records exist and docs name them
         "adashare-mnist-resnet-fair": "mnist", "adashare-ixi-fair": "ixi"}
 
 
@@ -310,7 +309,13 @@ def _fair_diagnostics(runs_root: Path, section: str) -> str:
         f, pol = rec["figures"], rec.get("policy", {})
         probs = "; ".join(f"{t} " + "/".join(f"{p:.3f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
         summary = rec.get("diagnostics", {}).get("grad_norm_summary") or {}
-        out.append(f"- seed {s}: p_exec {probs}; mean pairwise |Δp_exec| {f['adashare.distance.mean_abs']:.4f}, "
+        archs = rec.get("architectures", [])
+        chosen = next((a for a in archs if a.get("selected")), None)
+        sel = " ".join("".join(map(str, v)) for v in chosen["policy"].values()) if chosen else "–"
+        means = ", ".join(f"{_metric_header(k).rsplit(' ', 1)[0]} {f[f'candidates.{k}']:.{d}f}"
+                          for k, d in ADASHARE[FAIR[section]] if f"candidates.{k}" in f)
+        out.append(f"- seed {s}: selected `{sel}` of {len(archs)} (mean of the {len(archs)} on test, used for "
+                   f"nothing: {means}); p_exec {probs}; mean pairwise |Δp_exec| {f['adashare.distance.mean_abs']:.4f}, "
                    f"argmax Hamming {f['adashare.distance.hamming_argmax']:.2f} blocks; gradient on the logits "
                    f"(mean norm over {summary.get('cycles', '–')} cycles) task {f['adashare.grad_norm.task']:.3g}, "
                    f"sparsity {f['adashare.grad_norm.sparsity']:.3g}, sharing {f['adashare.grad_norm.sharing']:.3g} "
@@ -625,6 +630,7 @@ MEASURED = {"adult": ("adult",), "demo": ("demo",), "images": ("images",), "ixi"
             "gumbel_matrix-omniglot-published-net": ("gumbel_matrix-omniglot-published-net",),
             "adashare": ("adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn"),
             "adashare-fair": ("adashare-adult-fair", "adashare-adult-fair-paper"),
+            "adashare-mnist-resnet-fair": ("adashare-mnist-resnet-fair",), "adashare-ixi-fair": ("adashare-ixi-fair",),
             "adashare-known-answer": ("adashare-known-answer",),
             "loading": ("loading",), "speed": ("speed",), "selection": ("selection",)}
 for _key, _sections in MEASURED.items():
@@ -633,7 +639,7 @@ for _key, _sections in MEASURED.items():
 for _section in ("images", "ixi", "adashare-adult", "adashare-digits", "adashare-mnist", "adashare-mnist-task_bn", "yt8m",
                  "omniglot50",
                  "gumbel_matrix-mnist", "gumbel_matrix-clusters", "gumbel_matrix-omniglot", "selection", "adashare-adult-fair",
-                 "adashare-adult-fair-paper", "adashare-known-answer"):
+                 "adashare-adult-fair-paper", "adashare-known-answer", "adashare-mnist-resnet-fair", "adashare-ixi-fair"):
     register(f"commands-{_section}", f"benchmarks/results/runs/{_section}/*.json")(
         lambda root, s=_section: commands_block(root, s))
 

@@ -181,3 +181,43 @@ def test_speed_ranges_are_recomputed_over_every_stored_run(tmp_path):
     assert "| MLP | 4 | full | 1.14 | 10.0 | 10.0 | 10.0 | **1.50** | 1.50 | 1.40–1.55 (n = 4) | 1.0 / 1.0 / 1.0 |" in search
     targets = tables.render_text("<!-- table: speed-targets -->\n<!-- /table -->\n", runs)
     assert "full window 1.40–1.55×, median 1.48 (n = 4)" in targets and "met in 2 of 4 runs" in targets
+
+
+def test_fair_table_and_diagnostics_come_from_the_records(tmp_path):
+    """issue 23's equal-recipe table: means over the seeds with all three runs, AdaShare's steps split
+    into search and re-training, and per seed the selected architecture, the mean of the re-trained
+    architectures and the gradient shares of the policy logits."""
+    runs = tmp_path / "runs"
+    section = "adashare-ixi-fair"
+    base = {"independent": (0.80, 8.0), "hard": (0.85, 7.0), "adashare": (0.90, 6.0)}
+    for method, (acc, mae) in base.items():
+        for seed in (0, 1):
+            figures = {"Sex.accuracy": acc + 0.02 * seed, "Age.mae": mae + seed, "parameters": 100.0,
+                       "flops": 2e6, "steps.total": 320.0 if method != "adashare" else 3000.0}
+            extra = {}
+            if method != "independent":
+                figures["delta_mtl"] = 1.0 + seed
+            if method == "adashare":
+                figures.update({"candidates.Sex.accuracy": 0.7 + seed / 10, "candidates.Age.mae": 9.5,
+                                "adashare.distance.mean_abs": 0.25, "adashare.distance.hamming_argmax": 1.0,
+                                "adashare.grad_norm.task": 0.3, "adashare.grad_norm.sparsity": 0.1,
+                                "adashare.grad_norm.sharing": 0.1, "adashare.grad_share.task": 0.6,
+                                "adashare.grad_share.sparsity": 0.2, "adashare.grad_share.sharing": 0.2})
+                extra = {"steps": {"warmup": 160, "search": 440},
+                         "policy": {"exec_prob": {"Sex": [0.9, 0.1], "Age": [0.2, 0.8]}},
+                         "architectures": [{"policy": {"Sex": [1, 0], "Age": [0, 1]}, "selected": seed == 0},
+                                           {"policy": {"Sex": [1, 1], "Age": [1, 1]}, "selected": seed == 1}]}
+            record.store_run(section, f"{method}-seed{seed}", command=f"sharewise run {method} {seed}", threads=1,
+                             figures=figures, timings={"wall_s": 60.0, "cpu_s": 60.0}, extra=extra, root=runs)
+    # a seed without its independent run is left out of the means (n says so)
+    for method in ("hard", "adashare"):
+        record.store_run(section, f"{method}-seed2", command=f"sharewise run {method} 2", threads=1, root=runs,
+                         figures={"Sex.accuracy": 0.0, "Age.mae": 99.0, "delta_mtl": -50.0})
+    table = tables.render_text(f"<!-- table: {section} -->\n<!-- /table -->\n", runs)
+    assert "| method (n = 2: seeds 0, 1) | Sex acc ↑ | Age MAE ↓ |" in table
+    assert "| `adashare` | 0.9100 ± 0.0141 | 6.500 ± 0.707 | +1.50 ± 0.71 |" in table
+    assert "3 000 (600 warm-up + search, 2 400 re-training)" in table
+    diag = tables.render_text(f"<!-- table: {section}-diagnostics -->\n<!-- /table -->\n", runs)
+    assert "- seed 0: selected `10 01` of 2 (mean of the 2 on test, used for nothing: Sex acc 0.7000, Age MAE 9.500)" in diag
+    assert "- seed 1: selected `11 11` of 2" in diag and "Sex acc 0.8000" in diag
+    assert "p_exec Sex 0.900/0.100; Age 0.200/0.800" in diag and "(shares 60 / 20 / 20 %)" in diag
