@@ -224,17 +224,22 @@ def _candidates_line(runs_root: Path, data: str) -> str:
             "lowest–highest of the three means): " + ", ".join(parts) + ".")
 
 
+def _selected_architecture(archs: list[dict]) -> str:
+    """The selected architecture task by task, one digit per block (1 = run); '–' if none is marked."""
+    chosen = next((a for a in archs if a.get("selected")), None)
+    return " ".join("".join(map(str, v)) for v in chosen["policy"].values()) if chosen else "–"
+
+
 def _architectures_line(runs_root: Path, data: str) -> str:
     section = f"adashare-{data}"
     out = []
     for s in ADASHARE_SEEDS:
         rec = _record(runs_root, section, f"adashare-seed{s}")
         archs = rec.get("architectures", [])
-        chosen = next((a for a in archs if a.get("selected")), None)
         pol = rec.get("policy", {})
         probs = "; ".join(f"{t} " + "/".join(f"{p:.2f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
         removed = sum(1 for a in archs if a.get("num_removed"))
-        sel = (" ".join("".join(map(str, v)) for v in chosen["policy"].values()) if chosen else "–")
+        sel = _selected_architecture(archs)
         out.append(f"- seed {s}: selected `{sel}` of {len(archs)} ({removed} with a block no task runs); "
                    f"search ended at cycle {pol.get('cycle')}/{pol.get('search_cycles')}, τ = {pol.get('temperature', 0):.2f}, "
                    f"curriculum {'complete' if pol.get('curriculum_complete') else 'incomplete'}; p_exec {probs}")
@@ -310,8 +315,7 @@ def _fair_diagnostics(runs_root: Path, section: str) -> str:
         probs = "; ".join(f"{t} " + "/".join(f"{p:.3f}" for p in ps) for t, ps in pol.get("exec_prob", {}).items())
         summary = rec.get("diagnostics", {}).get("grad_norm_summary") or {}
         archs = rec.get("architectures", [])
-        chosen = next((a for a in archs if a.get("selected")), None)
-        sel = " ".join("".join(map(str, v)) for v in chosen["policy"].values()) if chosen else "–"
+        sel = _selected_architecture(archs)
         means = ", ".join(f"{_metric_header(k).rsplit(' ', 1)[0]} {f[f'candidates.{k}']:.{d}f}"
                           for k, d in ADASHARE[FAIR[section]] if f"candidates.{k}" in f)
         out.append(f"- seed {s}: selected `{sel}` of {len(archs)} (mean of the {len(archs)} on test, used for "
